@@ -1,0 +1,20 @@
+# cxrbench: the study's comparison of network initialisations for chest-radiograph ViTs, as a workflow.
+# Stages live in workflow/rules/<stage>.smk; all logic is in the `cxrbench` package (workflow/cxrbench).
+
+from snakemake.utils import min_version
+
+min_version("9.12")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/labels.smk"
+include: "workflow/rules/demo.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

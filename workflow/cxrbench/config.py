@@ -1,0 +1,151 @@
+"""Configuration loading and validation against ``workflow/schemas/config.schema.yaml``.
+
+The Snakefile and the command line use the same function, so a config that Snakemake accepts is the
+config every stage sees, defaults included.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+_logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+RESOURCES = REPO_ROOT / "resources"
+
+__all__ = ["ConfigError", "load_config", "validate_config", "load_schema", "RESOURCES", "REPO_ROOT"]
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, has the wrong type or names something that does not exist."""
+
+
+def load_schema() -> dict[str, Any]:
+    """Return the config JSON schema as a dict."""
+    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _with_defaults(validator_class: type) -> type:
+    """Extend a jsonschema validator so that ``default`` values are filled into the instance."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: Mapping, instance: Any, schema: Mapping) -> Iterator:
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key_path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        where = "" if key == "<top level>" else f" under '{key}'"
+        return f"unknown config key {', '.join(repr(e) for e in extra)}{where}{hint}"
+    if error.validator == "required":
+        return f"config key '{key}': {error.message}"
+    if error.validator == "propertyNames":
+        return f"config key '{key}': name {error.instance!r} must match {error.schema.get('pattern')}"
+    expected = error.schema.get("description", "")
+    msg = f"config key '{key}': {error.message}"
+    if expected:
+        msg += f" (expected: {expected.strip()})"
+    return msg
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``config`` in place, fill schema defaults, check cross-references and return it.
+
+    Raises:
+        ConfigError: naming the first offending key and what was expected.
+    """
+    validator = _Validator(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        raise ConfigError("\n".join(_describe(e) for e in errors[:5]))
+    _check_references(config)
+    return config
+
+
+def _check_references(config: dict[str, Any]) -> None:
+    """Cross-key checks the schema cannot express."""
+    inits = config["initialisations"]
+    datasets = config["datasets"]
+    for name, init in inits.items():
+        if init["source"] == "pipeline":
+            for key in ("pretrain_dataset", "pretrain_init"):
+                if key not in init:
+                    raise ConfigError(f"config key 'initialisations.{name}.{key}' is required for source 'pipeline'")
+            if init["pretrain_dataset"] not in datasets:
+                raise ConfigError(
+                    f"config key 'initialisations.{name}.pretrain_dataset': {init['pretrain_dataset']!r} is not a "
+                    f"configured dataset (have: {', '.join(datasets)})"
+                )
+            if init["pretrain_init"] not in inits or inits[init["pretrain_init"]]["source"] == "pipeline":
+                raise ConfigError(
+                    f"config key 'initialisations.{name}.pretrain_init': {init['pretrain_init']!r} must name a "
+                    "non-pipeline initialisation"
+                )
+        if init["source"] == "file" and "file" not in init:
+            raise ConfigError(f"config key 'initialisations.{name}.file' is required for source 'file'")
+    ref = config["evaluation"].get("reference_init")
+    if ref is not None and ref not in inits:
+        raise ConfigError(f"config key 'evaluation.reference_init': {ref!r} is not a configured initialisation")
+    demo = config["demo"]["enabled"]
+    for name, ds in datasets.items():
+        root = Path(ds["root"])
+        if not demo and not root.is_dir():
+            raise ConfigError(f"config key 'datasets.{name}.root': folder {str(root)!r} does not exist")
+        if ds["adapter"] == "generic_csv" and "columns" not in ds:
+            raise ConfigError(f"config key 'datasets.{name}.columns' is required for adapter 'generic_csv'")
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file, validate it and fill defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    with open(path, encoding="utf-8") as fh:
+        config = yaml.safe_load(fh) or {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return validate_config(config)
+
+
+def parse_settings(text: str) -> dict[str, Any]:
+    """Parse the ``--settings`` JSON that a rule passes to a stage command.
+
+    Rules pass exactly the config values a stage uses as one JSON param, so Snakemake's params
+    trigger reruns only the stages whose settings changed.
+    """
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--settings is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError("--settings must be a JSON object")
+    return value

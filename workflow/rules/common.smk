@@ -1,0 +1,55 @@
+# Shared by every rule file: config validation, the results layout and the config grid.
+import json
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))  # the package, even when not pip-installed
+
+from cxrbench.config import ConfigError, validate_config
+from cxrbench.paths import Layout
+
+try:
+    validate_config(config)
+except ConfigError as exc:
+    raise WorkflowError(f"Invalid configuration:\n{exc}") from None
+
+LAYOUT = Layout(config["results"])
+DATASETS = list(config["datasets"])
+INITS = list(config["initialisations"])
+VARIANT = Layout.variant(config["preprocess"]["mode"], config["preprocess"]["size"])
+CXRBENCH = "cxrbench"  # the console script of the pip-installed package
+
+
+wildcard_constraints:
+    ds="|".join(DATASETS),
+    init="|".join(INITS),
+    variant=r"[a-z]+-\d+",
+    shard=r"\d+",
+
+
+def settings(value) -> str:
+    """One JSON param, shell-quoted: the exact settings a stage uses (changing them reruns it)."""
+    return shlex.quote(json.dumps(value, sort_keys=True))
+
+
+def dataset_settings(ds: str) -> dict:
+    """Everything the index and harmonise stages need about one dataset, defaults resolved."""
+    entry = dict(config["datasets"][ds])
+    return {
+        "name": ds,
+        "dataset": entry,
+        "labels": config["labels"],
+        "splits": config["splits"],
+        "seed": config["seed"],
+    }
+
+
+def all_targets() -> list:
+    """Final outputs of every stage present in the workflow."""
+    targets = [LAYOUT.labels(ds) for ds in DATASETS]
+    for name in ("preprocess_targets", "train_targets", "evaluate_targets"):
+        fn = globals().get(name)
+        if fn is not None:
+            targets += fn()
+    return [str(t) for t in targets]
