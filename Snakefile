@@ -12,6 +12,10 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/labels.smk"
 include: "workflow/rules/demo.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/archive.smk"
 
 
 rule all:

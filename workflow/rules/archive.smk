@@ -1,0 +1,1 @@
+# archive stage rules (see docs/contracts.md). Filled by the archive work.

@@ -1,0 +1,1 @@
+# evaluate stage rules (see docs/contracts.md). Filled by the evaluate work.

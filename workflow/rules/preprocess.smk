@@ -1,0 +1,1 @@
+# preprocess stage rules (see docs/contracts.md). Filled by the preprocess work.

@@ -1,0 +1,1 @@
+# train stage rules (see docs/contracts.md). Filled by the train work.
