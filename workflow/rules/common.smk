@@ -18,7 +18,9 @@ LAYOUT = Layout(config["results"])
 DATASETS = list(config["datasets"])
 INITS = list(config["initialisations"])
 VARIANT = Layout.variant(config["preprocess"]["mode"], config["preprocess"]["size"])
-CXRBENCH = "cxrbench"  # the console script of the pip-installed package
+# Rules run the package from this checkout; PYTHONPATH is set inline because Snakemake strips it from
+# the environment of conda jobs, and this also works without `pip install`.
+CXRBENCH = "PYTHONPATH={} python -m cxrbench.cli".format(shlex.quote(str(Path(workflow.basedir) / "workflow")))
 
 
 wildcard_constraints:
