@@ -1,1 +1,127 @@
-# preprocess stage rules (see docs/contracts.md). Filled by the preprocess work.
+# Preprocessing: labels.parquet -> shard plan (checkpoint) -> one job per shard of PNGs -> manifest -> cache.
+# See docs/preprocessing.md. Shard jobs depend on their membership file and their own source images only,
+# so touching one source image reruns one shard, and a plan rerun that keeps a shard's members reruns nothing.
+import pandas as pd
+
+from cxrbench.preprocess.cache import SPLITS as CACHE_SPLITS, cache_paths
+from cxrbench.preprocess.shards import members_path, read_members
+
+
+def preprocess_equalize(ds: str) -> bool:
+    """Histogram equalisation in paper mode: the dataset's `equalize`, else off for MIMIC-JPG unless equalize_mimic."""
+    entry = config["datasets"][ds]
+    if config["preprocess"]["mode"] != "paper":
+        return False
+    if "equalize" in entry:
+        return bool(entry["equalize"])
+    if entry["adapter"] == "mimic":
+        return bool(config["preprocess"]["equalize_mimic"])
+    return True
+
+
+def shard_settings(ds: str) -> dict:
+    pp = config["preprocess"]
+    return {
+        "mode": pp["mode"],
+        "size": pp["size"],
+        "equalize": preprocess_equalize(ds),
+        "reduced_resolution_decode": pp["reduced_resolution_decode"],
+    }
+
+
+def shard_inputs(wildcards) -> dict:
+    """The shard's membership file and its existing source images (missing ones are quarantined by the job)."""
+    checkpoints.shard_plan.get(ds=wildcards.ds)
+    members = members_path(LAYOUT, wildcards.ds, VARIANT, wildcards.shard)
+    root = Path(config["datasets"][wildcards.ds]["root"])
+    sources = [root / p for p in read_members(members)["source_path"]]
+    return {"members": str(members), "images": [str(p) for p in sources if p.is_file()]}
+
+
+def shard_manifests(wildcards) -> list:
+    plan = checkpoints.shard_plan.get(ds=wildcards.ds).output.plan
+    shards = sorted(set(pd.read_parquet(plan, columns=["shard"])["shard"].tolist()))
+    return [str(LAYOUT.shard_manifest(wildcards.ds, VARIANT, k)) for k in shards]
+
+
+def preprocess_targets() -> list:
+    """Final preprocessing files of every configured dataset (manifest, rejected, cache when enabled)."""
+    targets = []
+    for ds in DATASETS:
+        targets += [LAYOUT.manifest(ds, VARIANT), LAYOUT.rejected(ds, VARIANT)]
+        if config["preprocess"]["cache"]:
+            for split in CACHE_SPLITS:
+                targets += list(cache_paths(LAYOUT.cache_dir(ds, VARIANT), split))
+    return targets
+
+
+
+checkpoint shard_plan:
+    input:
+        LAYOUT.labels("{ds}"),
+    output:
+        plan=LAYOUT.shard_plan("{ds}", VARIANT),
+    params:
+        settings=settings({"shard_size": config["preprocess"]["shard_size"]}),
+        members=lambda w: members_path(LAYOUT, w.ds, VARIANT, 0).parent,
+    log:
+        LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT}-plan.log",
+    resources:
+        mem_mb=2000,
+    shell:
+        "{CXRBENCH} shard-plan --settings {params.settings} --labels {input} --out {output.plan}"
+        " --members-dir {params.members} > {log} 2>&1"
+
+
+rule preprocess_shard:
+    input:
+        unpack(shard_inputs),
+    output:
+        pngs=directory(LAYOUT.shard_dir("{ds}", VARIANT, "{shard}")),
+        manifest=LAYOUT.shard_manifest("{ds}", VARIANT, "{shard}"),
+    params:
+        settings=lambda w: settings(shard_settings(w.ds)),
+        root=lambda w: config["datasets"][w.ds]["root"],
+    threads: config["preprocess"]["threads"]
+    resources:
+        mem_mb=lambda w, threads: 1000 + 700 * threads,
+    log:
+        LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT}-shard-{{shard}}.log",
+    shell:
+        "{CXRBENCH} preprocess --settings {params.settings} --members {input.members} --root {params.root:q}"
+        " --out-dir {output.pngs} --manifest {output.manifest} --threads {threads} > {log} 2>&1"
+
+
+rule collect_shards:
+    input:
+        shard_manifests,
+    output:
+        manifest=LAYOUT.manifest("{ds}", VARIANT),
+        rejected=LAYOUT.rejected("{ds}", VARIANT),
+    params:
+        settings=settings({"max_rejected_fraction": config["preprocess"]["max_rejected_fraction"]}),
+    log:
+        LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT}-collect.log",
+    resources:
+        mem_mb=4000,
+    shell:
+        "{CXRBENCH} collect-shards --settings {params.settings} --manifests {input} --out {output.manifest}"
+        " --rejected {output.rejected} > {log} 2>&1"
+
+
+rule cache:
+    input:
+        manifest=LAYOUT.manifest("{ds}", VARIANT),
+        labels=LAYOUT.labels("{ds}"),
+    output:
+        [p for split in CACHE_SPLITS for p in cache_paths(LAYOUT.cache_dir("{ds}", VARIANT), split)],
+    params:
+        settings=settings({"size": config["preprocess"]["size"]}),
+        out_dir=lambda w: LAYOUT.cache_dir(w.ds, VARIANT),
+    log:
+        LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT}-cache.log",
+    resources:
+        mem_mb=2000,
+    shell:
+        "{CXRBENCH} cache --settings {params.settings} --labels {input.labels} --manifest {input.manifest}"
+        " --out-dir {params.out_dir} > {log} 2>&1"

@@ -1,0 +1,142 @@
+"""Malformed inputs become quarantine rows with clear reasons; the shard still succeeds."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from cxrbench.imaging.pipeline import Recipe
+from cxrbench.preprocess.runner import MANIFEST_COLUMNS, process_shard
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+
+def _dicom(arr: np.ndarray | None = None, *, sop: str = "1.2.840.10008.5.1.4.1.1.1", ts=ExplicitVRLittleEndian) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
+    ds.file_meta.MediaStorageSOPClassUID = sop
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = sop
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    if arr is not None:
+        ds.set_pixel_data(arr, photometric_interpretation="MONOCHROME2", bits_stored=12)
+    return ds
+
+
+def _good() -> np.ndarray:
+    return (np.add.outer(np.arange(48), np.arange(48)) * 40).astype(np.uint16)
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _make_malformed(root: Path) -> dict[str, str]:
+    """Write one file per malformed kind; return {file name: expected reason code}."""
+    expected = {}
+
+    def save(name: str, ds: Dataset, code: str) -> None:
+        ds.save_as(root / name, enforce_file_format=True)
+        expected[name] = code
+
+    (root / "empty.png").write_bytes(b"")
+    expected["empty.png"] = "zero_size"
+    good = root / "good.dcm"
+    _dicom(_good()).save_as(good, enforce_file_format=True)
+    data = good.read_bytes()
+    (root / "truncated.dcm").write_bytes(data[: len(data) - 2000])
+    expected["truncated.dcm"] = "truncated"
+    save("nopixels.dcm", _dicom(None), "no_pixel_data")
+    sr = _dicom(None, sop="1.2.840.10008.5.1.4.1.1.88.11")  # Basic Text SR
+    save("report.dcm", sr, "non_image_sop_class")
+    odd = _dicom(_good())
+    odd.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2 video
+    from pydicom.encaps import encapsulate
+
+    odd.PixelData = encapsulate([b"\x00" * 64])
+    odd["PixelData"].VR = "OB"
+    save("mpeg.dcm", odd, "unsupported_transfer_syntax")
+    zero = _dicom(_good())
+    zero.Rows = 0
+    save("zerorows.dcm", zero, "zero_size")
+    multi = _dicom(np.stack([_good(), _good()]))
+    save("multiframe.dcm", multi, "multi_frame")
+    flat = _dicom(np.full((48, 48), 500, np.uint16))
+    save("flat.dcm", flat, "constant_image")
+    png = _png_bytes((_good() // 16).astype(np.uint8))
+    (root / "truncated.png").write_bytes(png[: len(png) // 2])
+    expected["truncated.png"] = "truncated"
+    jpg = io.BytesIO()
+    Image.fromarray((_good() // 16).astype(np.uint8)).save(jpg, format="JPEG")
+    (root / "broken.jpg").write_bytes(jpg.getvalue()[:200])
+    expected["broken.jpg"] = "truncated"
+    (root / "notes.txt").write_bytes(b"this is not an image at all\n" * 20)
+    expected["notes.txt"] = "not_an_image"
+    expected["missing.dcm"] = "missing_file"
+    palette = _dicom(_good())
+    palette.PhotometricInterpretation = "PALETTE COLOR"
+    save("palette.dcm", palette, "unsupported_photometric")
+    return expected
+
+
+def test_malformed_inputs_each_get_a_quarantine_row(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    expected = _make_malformed(root)
+    assert len(set(expected.values())) >= 10
+    members = pd.DataFrame({"image_id": [*expected, "good"], "source_path": [*expected, "good.dcm"]})
+    out = tmp_path / "shard-0"
+    manifest = process_shard(members, root=root, out_dir=out, recipe=Recipe("paper", 32), workers=2)
+    assert list(manifest.columns) == MANIFEST_COLUMNS and len(manifest) == len(members)
+    by_id = manifest.set_index("image_id")
+    for name, code in expected.items():
+        row = by_id.loc[name]
+        assert row["status"] == "rejected", name
+        assert str(row["reason"]).startswith(code + ": "), (name, row["reason"])
+        assert len(str(row["reason"])) > len(code) + 5 and pd.isna(row["output_path"])
+    assert by_id.loc["good", "status"] == "ok" and (tmp_path / by_id.loc["good", "output_path"]).is_file()
+    assert by_id.loc["mpeg.dcm", "transfer_syntax"] == "1.2.840.10008.1.2.4.100"
+    assert sorted(p.name for p in out.iterdir()) == ["good.png"]
+
+
+def _manifest(tmp_path: Path, n_ok: int, n_bad: int) -> Path:
+    rows = [
+        {c: None for c in MANIFEST_COLUMNS} | {"image_id": f"i{k}", "source_path": f"i{k}.png", "status": "ok",
+                                               "output_path": f"shard-0/i{k}.png"}
+        for k in range(n_ok)
+    ] + [
+        {c: None for c in MANIFEST_COLUMNS} | {"image_id": f"b{k}", "source_path": f"b{k}.png", "status": "rejected",
+                                               "reason": "truncated: test"}
+        for k in range(n_bad)
+    ]
+    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    for col in ("bits_stored", "rows", "cols", "reduction"):
+        frame[col] = frame[col].astype("Int64")
+    for col in ("output_path", "source_format", "transfer_syntax", "photometric", "reason", "window"):
+        frame[col] = frame[col].astype("string")
+    path = tmp_path / "shard-0.manifest.parquet"
+    frame.to_parquet(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(("n_bad", "rc"), [(1, 0), (3, 1)])
+def test_collect_enforces_rejected_fraction(tmp_path: Path, n_bad: int, rc: int) -> None:
+    shard = _manifest(tmp_path, 18, n_bad)
+    cmd = [sys.executable, "-m", "cxrbench.cli", "collect-shards", "--settings", '{"max_rejected_fraction": 0.1}',
+           "--manifests", str(shard), "--out", str(tmp_path / "manifest.parquet"), "--rejected", str(tmp_path / "rej.parquet")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == rc, res.stderr
+    if rc == 0:
+        assert len(pd.read_parquet(tmp_path / "rej.parquet")) == n_bad
+        assert len(pd.read_parquet(tmp_path / "manifest.parquet")) == 18 + n_bad
+    else:
+        assert "exceeds preprocess.max_rejected_fraction" in res.stderr and "truncated: 3" in res.stderr.replace("rejected/", "")

@@ -1,0 +1,1 @@
+"""Radiograph imaging: decode any source, map intensities, resize, write standard PNGs."""

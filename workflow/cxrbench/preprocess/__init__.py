@@ -1,0 +1,1 @@
+"""Preprocessing stage: shard plan, per-shard PNG conversion, manifest collection, training cache."""
