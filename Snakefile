@@ -9,6 +9,9 @@ min_version("9.12")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/labels.smk"
 include: "workflow/rules/demo.smk"

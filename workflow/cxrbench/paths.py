@@ -91,5 +91,8 @@ class Layout:
     def archive_dir(self) -> Path:
         return self.root / "archive"
 
+    def results_readme(self) -> Path:
+        return self.root / "README.md"
+
     def logs(self) -> Path:
         return self.root / "logs"

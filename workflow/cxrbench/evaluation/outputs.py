@@ -1,0 +1,162 @@
+"""Names of every evaluation output inside the folders ``cxrbench.paths.Layout`` assigns, their
+descriptions, and the generated ``README.md`` that describes the files of one results folder.
+
+The rules (evaluate.smk) and the CLI modules both build paths with these functions, so a file name
+is decided here once. ``docs/outputs.md`` documents the same files for users (a test keeps the two
+in step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DESCRIPTIONS",
+    "FIGURE_FORMATS",
+    "TABLE_FORMATS",
+    "StatsFiles",
+    "describe",
+    "figure_files",
+    "figure_names",
+    "results_readme",
+    "results_readme_path",
+    "stats_files",
+    "table_files",
+    "table_names",
+]
+
+TABLE_FORMATS = ("csv", "md", "tex")
+FIGURE_FORMATS = ("pdf", "png")
+
+
+@dataclass(frozen=True)
+class StatsFiles:
+    """The files ``cxrbench evaluate`` writes into ``Layout.stats_dir(ds)``."""
+
+    indices: Path
+    bootstrap_json: Path
+    units: Path
+    metrics_parquet: Path
+    metrics_csv: Path
+    resamples: Path
+    tests: Path
+    roc: Path
+
+    def all(self) -> list[Path]:
+        return [getattr(self, f) for f in self.__dataclass_fields__]
+
+
+def stats_files(stats_dir: str | Path) -> StatsFiles:
+    """File names inside one dataset's stats folder."""
+    d = Path(stats_dir)
+    return StatsFiles(
+        indices=d / "bootstrap_indices.npy",
+        bootstrap_json=d / "bootstrap.json",
+        units=d / "bootstrap_units.parquet",
+        metrics_parquet=d / "metrics.parquet",
+        metrics_csv=d / "metrics.csv",
+        resamples=d / "resamples.parquet",
+        tests=d / "tests.parquet",
+        roc=d / "roc.parquet",
+    )
+
+
+def table_names(datasets: list[str], *, overlap: bool) -> list[str]:
+    """Stems of the tables ``cxrbench aggregate`` writes (each in every TABLE_FORMATS)."""
+    names = ["auroc_main", "pairwise_tests"]
+    if overlap:
+        names.append("auroc_overlap")
+    return names + [f"auroc_per_label_{ds}" for ds in datasets]
+
+
+def figure_names(datasets: list[str]) -> list[str]:
+    """Stems of the figures ``cxrbench aggregate`` writes (each in every FIGURE_FORMATS)."""
+    return ["forest"] + [f"{kind}_{ds}" for ds in datasets for kind in ("roc", "heatmap")]
+
+
+def table_files(tables_dir: str | Path, name: str) -> dict[str, Path]:
+    return {ext: Path(tables_dir) / f"{name}.{ext}" for ext in TABLE_FORMATS}
+
+
+def figure_files(figures_dir: str | Path, name: str) -> dict[str, Path]:
+    return {ext: Path(figures_dir) / f"{name}.{ext}" for ext in FIGURE_FORMATS}
+
+
+# File-name pattern (as in docs/outputs.md) -> one-line description.
+DESCRIPTIONS: dict[str, str] = {
+    "stats/<ds>/bootstrap_indices.npy": "(B x U) int64 resampling indices over units (images or patients), shared by every initialisation",
+    "stats/<ds>/bootstrap.json": "seed, its derivation, B, resampling unit, unit count and SHA-256 of the ordered unit ids",
+    "stats/<ds>/bootstrap_units.parquet": "the ordered unit ids (image_id or patient_id) the indices point into",
+    "stats/<ds>/metrics.parquet": "per-run, per-label and macro point metrics on test plus bootstrap mean, SD and 95% CI",
+    "stats/<ds>/metrics.csv": "the same table as metrics.parquet, as CSV",
+    "stats/<ds>/resamples.parquet": "per-resample AUROC of every run, label and the macro mean (long format)",
+    "stats/<ds>/tests.parquet": "paired bootstrap tests for every pair of runs, per shared label and macro (raw p)",
+    "stats/<ds>/roc.parquet": "test-set ROC curve points (fpr, tpr, threshold) of every run and label",
+    "tables/auroc_main.{csv,md,tex}": "initialisations x datasets macro AUROC (%) mean +/- SD with p vs the reference",
+    "tables/auroc_overlap.{csv,md,tex}": "each pipeline initialisation vs the others on the labels both runs share",
+    "tables/auroc_per_label_<ds>.{csv,md,tex}": "per-label AUROC (%) mean +/- SD per initialisation, with p vs the reference",
+    "tables/pairwise_tests.{csv,md,tex}": "every paired test of every dataset, with Benjamini-Hochberg adjusted p",
+    "figures/roc_<ds>.{pdf,png}": "test ROC curves per label, one colour per initialisation",
+    "figures/heatmap_<ds>.{pdf,png}": "bootstrap mean AUROC per label (rows) and initialisation (columns)",
+    "figures/forest.{pdf,png}": "macro delta-AUROC (init - reference) with 95% CI per dataset",
+    "README.md": "this file: what every evaluation output is, and the statistical settings used",
+}
+
+
+def describe(relative: str) -> str:
+    """Description of a file given by its path relative to the results folder."""
+    parts = Path(relative).parts
+    name = Path(relative).name
+    for pattern, text in DESCRIPTIONS.items():
+        p_parts = Path(pattern).parts
+        if len(p_parts) != len(parts) or (len(parts) > 1 and p_parts[0] != parts[0]):
+            continue
+        stem, _, exts = p_parts[-1].partition(".")
+        exts = exts.strip("{}").split(",")
+        n_stem, _, n_ext = name.partition(".")
+        prefix = stem.split("<ds>")[0]
+        stem_ok = n_stem == stem if "<ds>" not in stem else n_stem.startswith(prefix)
+        if stem_ok and n_ext in exts:
+            return text
+    raise KeyError(f"no description for output {relative!r}")
+
+
+def results_readme_path(layout: Any) -> Path:
+    """Where the generated README goes (decided by ``cxrbench.paths.Layout.results_readme``)."""
+    return Path(layout.results_readme())
+
+
+def results_readme(settings: dict[str, Any], files: list[str]) -> str:
+    """Markdown describing each evaluation output under the results folder (paths relative to it)."""
+    ev = settings["evaluation"]
+    lines = [
+        "# Evaluation outputs",
+        "",
+        "Generated by `cxrbench aggregate`; the full description of every results file, including the",
+        "other stages (index/labels, preprocessing, runs, archive), is in the repository's `docs/outputs.md`.",
+        "",
+        "## Statistical settings",
+        "",
+        (f"- Paired bootstrap: {ev['n_bootstrap']} resamples of the test set, unit `{ev['resample_unit']}`, "
+         f"seed derived from master seed {settings['seed']} and the dataset name (see each `bootstrap.json`)."),
+        f"- Youden thresholds: `{ev['threshold_mode']}` mode.",
+        "- AUROC reported as bootstrap mean +/- SD (ddof=1) with 95% percentile CI; point estimates on the full",
+        "  test set are in `metrics.*`.",
+        (f"- p-values: study one-sided `1 - mean(AUC_a > AUC_b)` both ways, two-sided `min(1, 2 min(p))`; "
+         f"Benjamini-Hochberg family `{ev['fdr_family']}`, alpha {ev['alpha']}."),
+        f"- Reference initialisation: `{settings['reference_init']}`.",
+        "",
+        "## Files",
+        "",
+        "| file | content |",
+        "|---|---|",
+    ]
+    lines += [f"| `{f}` | {describe(f)} |" for f in sorted(files)]
+    lines += ["", "Settings:", "", "```json", json.dumps(settings, indent=2, sort_keys=True), "```", ""]
+    return "\n".join(lines)
