@@ -17,6 +17,9 @@ rule index:
         settings=lambda w: settings(dataset_settings(w.ds)),
     log:
         LAYOUT.logs() / "index" / "{ds}.log",
+    resources:
+        mem_mb=4000,  # PadChest's 160k rows x 193 source labels is the largest index (~0.5 GB in memory)
+        runtime=20,
     shell:
         "{CXRBENCH} index --settings {params.settings} --out {output} > {log} 2>&1"
 
@@ -32,5 +35,8 @@ rule harmonise:
         settings=lambda w: settings(dataset_settings(w.ds)),
     log:
         LAYOUT.logs() / "harmonise" / "{ds}.log",
+    resources:
+        mem_mb=4000,
+        runtime=20,
     shell:
         "{CXRBENCH} harmonise --settings {params.settings} --index {input} --out {output.labels} > {log} 2>&1"

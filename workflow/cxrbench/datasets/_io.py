@@ -1,0 +1,274 @@
+"""Shared pieces of the dataset adapters: strict CSV reading, value parsing and normalisation.
+
+Every function that rejects input raises :class:`DatasetFormatError` naming the file, the data row
+(1-based, header excluded) and the column, so a user can open the file at the offending place.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import yaml
+
+from cxrbench.config import RESOURCES
+
+_logger = logging.getLogger(__name__)
+
+__all__ = [
+    "INDEX_BASE_COLUMNS",
+    "VIEWS",
+    "DatasetFormatError",
+    "check_unique",
+    "finish_index",
+    "map_values",
+    "native_vocabulary",
+    "normalise_sex",
+    "normalise_split",
+    "parse_numeric",
+    "parse_tristate",
+    "read_csv",
+    "row_ref",
+    "tokens_to_matrix",
+]
+
+VIEWS = ("PA", "AP", "AP_SUPINE", "LATERAL", "OTHER")
+INDEX_BASE_COLUMNS = (
+    "image_id",
+    "patient_id",
+    "study_id",
+    "source_path",
+    "view_raw",
+    "view",
+    "split_official",
+    "sex",
+    "age_years",
+    "exclude_reason",
+)
+
+
+class DatasetFormatError(ValueError):
+    """A native label file does not have the distributed format (missing column, bad value, duplicate)."""
+
+
+def row_ref(file: Path | str, pos: int, column: str | None = None) -> str:
+    """``file: data row N (line N+1), column 'C'`` for a 0-based data row position."""
+    where = f"{file}: data row {pos + 1} (line {pos + 2})"
+    return f"{where}, column {column!r}" if column is not None else where
+
+
+@functools.cache
+def _vocabularies() -> dict[str, list[str] | None]:
+    with open(RESOURCES / "canonical_findings.sources.yaml", encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def native_vocabulary(adapter: str) -> list[str] | None:
+    """The source labels an adapter accepts, spelt as distributed (None: any column is accepted)."""
+    vocab = _vocabularies().get(adapter)
+    return list(vocab) if vocab is not None else None
+
+
+def read_csv(path: Path, required: Sequence[str], optional: Sequence[str] = ()) -> pd.DataFrame:
+    """Read the named columns of a (possibly gzipped) CSV as strings; blanks become missing.
+
+    pyarrow's reader is used because it is several times faster than pandas' on the 100k-row
+    label files and reads only the columns asked for; values may span lines (PadChest reports).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetFormatError(f"{path}: label file does not exist")
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DatasetFormatError(f"{path}: cannot read the CSV header ({exc})") from exc
+    missing = [c for c in required if c not in header]
+    if missing:
+        have = ", ".join(repr(c) for c in header[:40])
+        raise DatasetFormatError(f"{path}: missing required column(s) {missing} (the file has: {have})")
+    columns = list(dict.fromkeys([*required, *(c for c in optional if c in header)]))
+    try:
+        table = pacsv.read_csv(
+            path,
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=columns,
+                column_types={c: pa.string() for c in columns},
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        raise DatasetFormatError(f"{path}: unparsable CSV ({exc})") from exc
+    return table.to_pandas()
+
+
+def _first_bad(bad: np.ndarray, values: pd.Series, path: Path, column: str, what: str) -> DatasetFormatError:
+    pos = int(np.flatnonzero(bad)[0])
+    return DatasetFormatError(
+        f"{row_ref(path, pos, column)}: {what}, got {values.iloc[pos]!r} ({int(bad.sum())} such row(s))"
+    )
+
+
+def parse_numeric(values: pd.Series, *, path: Path, column: str, integer: bool = False) -> np.ndarray:
+    """Strings to float64; blank -> NaN; anything unparsable is an error naming the first bad row.
+
+    Each distinct string is parsed once (label columns hold a handful of distinct values).
+    """
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    parsed = pd.to_numeric(pd.Series(uniques, dtype=object), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    bad_u = np.isnan(parsed)
+    if integer:
+        bad_u |= ~np.isnan(parsed) & (parsed != np.round(parsed))
+    if bad_u.any():
+        bad = np.isin(codes, np.flatnonzero(bad_u))
+        raise _first_bad(bad, values, path, column, "expected an integer" if integer else "expected a number")
+    return np.append(parsed, np.nan)[codes]
+
+
+def parse_tristate(
+    values: pd.Series, *, path: Path, column: str, allowed: Iterable[float] = (1.0, 0.0, -1.0)
+) -> np.ndarray:
+    """Label strings to float32 1/0/-1/NaN (blank = NaN, 'not mentioned'); other values are errors."""
+    out = parse_numeric(values, path=path, column=column)
+    allowed_arr = np.asarray(sorted(allowed), dtype="float64")
+    bad = ~np.isnan(out) & ~np.isin(out, allowed_arr)
+    if bad.any():
+        raise _first_bad(bad, values, path, column, f"expected one of {sorted(allowed)} or blank")
+    return out.astype("float32")
+
+
+def tokens_to_matrix(
+    values: pd.Series,
+    *,
+    split: Callable[[str], list[str]],
+    vocabulary: Sequence[str],
+    path: Path,
+    column: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token-list strings -> (N x V float32 0/1 matrix over ``vocabulary``, N bool "no tokens" mask).
+
+    Each distinct string is parsed once (ChestX-ray14 has ~800, PadChest ~29k distinct strings for
+    112k/160k rows), which is what makes this fast. Missing values give a row of NaN and count as
+    "no tokens". ``split`` raises ValueError on an unparsable string.
+    """
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    index = {tok: j for j, tok in enumerate(vocabulary)}
+    table = np.zeros((len(uniques) + 1, len(vocabulary)), dtype="float32")
+    empty = np.zeros(len(uniques) + 1, dtype=bool)
+    table[-1] = np.nan  # code -1 (missing) indexes the last row
+    empty[-1] = True
+    for u, text in enumerate(uniques):
+        try:
+            tokens = [t for t in split(text) if t != ""]
+        except (ValueError, SyntaxError) as exc:
+            bad = codes == u
+            raise _first_bad(bad, values, path, column, f"unparsable label list ({exc})") from None
+        unknown = [t for t in tokens if t not in index]
+        if unknown:
+            bad = codes == u
+            raise _first_bad(bad, values, path, column, f"unknown label token(s) {unknown}")
+        empty[u] = not tokens
+        for t in tokens:
+            table[u, index[t]] = 1.0
+    return table[codes], empty[codes]
+
+
+def normalise_sex(values: pd.Series) -> np.ndarray:
+    """Any spelling of male/female (M, Male, F, Female, W) -> M/F; everything else (O, Unknown, blank) -> U."""
+    first = values.fillna("").astype(str).str.strip().str[:1].str.upper()
+    return np.select([first == "M", first.isin(["F", "W"])], ["M", "F"], "U").astype(object)
+
+
+_SPLITS = {"train": "train", "val": "val", "valid": "val", "validate": "val", "validation": "val", "test": "test"}
+
+
+def normalise_split(values: pd.Series, *, path: Path, column: str) -> np.ndarray:
+    """Official split values (train / valid / validate / val / test) -> train / val / test; blank -> None."""
+    return map_values(values, _SPLITS, path=path, column=column, lower=True)
+
+
+def map_values(
+    values: pd.Series,
+    mapping: Mapping[str, str],
+    *,
+    path: Path,
+    column: str,
+    lower: bool = False,
+    default: str | None = None,
+    allow_missing: bool = True,
+) -> np.ndarray:
+    """Map strings through ``mapping``; unmapped values -> ``default`` or, if None, an error naming the row."""
+    keys = values.str.strip().str.lower() if lower else values.str.strip()
+    out = keys.map(mapping)
+    unmapped = out.isna() & keys.notna()
+    if unmapped.any():
+        if default is None:
+            raise _first_bad(unmapped.to_numpy(), values, path, column, f"expected one of {sorted(set(mapping))}")
+        out = out.mask(unmapped, default)
+    if not allow_missing and keys.isna().any():
+        raise _first_bad(keys.isna().to_numpy(), values, path, column, "value is missing")
+    return out.to_numpy(dtype=object, na_value=None)
+
+
+def check_unique(ids: pd.Series, *, path: Path | str, column: str) -> None:
+    """Duplicate image ids are an error naming both rows."""
+    dup = ids.duplicated(keep=False).to_numpy()
+    if dup.any():
+        first = ids[dup].iloc[0]
+        rows = np.flatnonzero((ids == first).to_numpy())[:2]
+        raise DatasetFormatError(
+            f"{path}: duplicate image id {first!r} in column {column!r} at data rows "
+            f"{', '.join(str(r + 1) for r in rows)} ({int(ids.duplicated().sum())} duplicate(s) in all)"
+        )
+
+
+def finish_index(
+    base: Mapping[str, object],
+    raw: Mapping[str, object],
+    n: int,
+    *,
+    block: tuple[Sequence[str], np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """Assemble an index DataFrame: the contract's base columns in order, then ``raw_*`` columns.
+
+    ``block`` = (names, N x K float32 matrix) adds K label columns from one matrix without copying
+    them column by column (token vocabularies: PadChest has 193).
+    """
+    cols: dict[str, object] = {}
+    for name in INDEX_BASE_COLUMNS:
+        value = base.get(name)
+        if value is None:  # a dataset without this field: age NaN, sex unknown, others null
+            value = {"age_years": np.full(n, np.nan), "sex": np.full(n, "U", dtype=object)}.get(
+                name, np.full(n, None, dtype=object)
+            )
+        cols[name] = value.reset_index(drop=True) if isinstance(value, pd.Series) else value
+    df = pd.DataFrame(cols)
+    for name in INDEX_BASE_COLUMNS:
+        if name != "age_years":
+            df[name] = df[name].astype("str")
+    df["age_years"] = df["age_years"].astype("float64")
+    # float32 label columns as one 2-D block: PadChest has 193 of them, and a frame built from 193
+    # separate arrays spends half a second consolidating them
+    parts = [df]
+    names: list[str] = []
+    if block is not None:
+        names = [f"raw_{k}" for k in block[0]]
+        parts.append(pd.DataFrame(block[1], columns=names, copy=False))
+    floats = {f"raw_{k}": v for k, v in raw.items() if isinstance(v, np.ndarray) and v.dtype == np.float32}
+    others = {f"raw_{k}": v for k, v in raw.items() if f"raw_{k}" not in floats}
+    if floats:
+        parts.append(pd.DataFrame(floats))
+    if others:
+        parts.append(pd.DataFrame({k: v.reset_index(drop=True) if isinstance(v, pd.Series) else v
+                                   for k, v in others.items()}).astype("str"))
+    out = pd.concat(parts, axis=1)
+    if out.columns.duplicated().any():
+        raise ValueError(f"duplicate index column(s): {list(out.columns[out.columns.duplicated()])}")
+    return out
