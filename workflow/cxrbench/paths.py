@@ -12,7 +12,8 @@ Data flows one way through these paths::
     <results>/<ds>/png/<variant>/manifest.parquet    all shards, plus rejected.parquet
     <results>/<ds>/cache/<variant>/<split>.npy       packed uint8 training arrays (+ .index.parquet)
     <results>/runs/<init>/<ds>/...                   fine-tuning run (checkpoint, history, predictions, run.json)
-    <results>/pretrain/<init>/<ds>/...               supervised pre-training for a `pipeline` initialisation
+    <results>/pretrain/<init>/<ds>/<scope>/...       supervised pre-training for a `pipeline` initialisation
+                                                     (<scope> = all-labels | for-<target>)
     <results>/stats/<ds>/...                         bootstrap indices, metrics, paired tests
     <results>/tables/, <results>/figures/            publication outputs
     <results>/archive/                               publication archive
@@ -59,6 +60,10 @@ class Layout:
     def shard_dir(self, ds: str, variant: str, shard: int | str) -> Path:
         return self.png_dir(ds, variant) / f"shard-{shard}"
 
+    def shard_members(self, ds: str, variant: str, shard: int | str) -> Path:
+        """Membership file of one shard, written by the plan checkpoint outside any rule's outputs."""
+        return self.png_dir(ds, variant) / "members" / f"shard-{shard}.tsv"
+
     def shard_manifest(self, ds: str, variant: str, shard: int | str) -> Path:
         return self.png_dir(ds, variant) / f"shard-{shard}.manifest.parquet"
 
@@ -77,6 +82,11 @@ class Layout:
 
     def pretrain_dir(self, init: str, ds: str) -> Path:
         return self.root / "pretrain" / init / ds
+
+    def pretrain_run_dir(self, init: str, ds: str, target: str | None) -> Path:
+        """Supervised pre-training for ``init`` on ``ds``: once on all labels (``backbone`` transfer) or once
+        per target dataset on the labels it shares with ``ds`` (``study`` transfer)."""
+        return self.pretrain_dir(init, ds) / ("all-labels" if target is None else f"for-{target}")
 
     # --- evaluation and publication -------------------------------------------------------------
     def stats_dir(self, ds: str) -> Path:

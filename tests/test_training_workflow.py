@@ -1,0 +1,127 @@
+"""train.smk: the run grid, the MIMIC pre-training chain in the DAG, parse-time weight checks, and the
+settings/preset functions the rules call."""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from cxrbench.config import REPO_ROOT, ConfigError, validate_config
+from cxrbench.models.registry import init_spec
+from cxrbench.paths import Layout
+from cxrbench.training.settings import (
+    derive_seed,
+    pretrain_jobs,
+    pretrain_run_dir,
+    pretrain_settings,
+    resolve_training,
+    run_settings,
+    train_runs,
+)
+
+
+@pytest.fixture()
+def config() -> dict:
+    with open(REPO_ROOT / "config.yaml", encoding="utf-8") as fh:
+        return validate_config(yaml.safe_load(fh))
+
+
+def test_run_grid_skips_the_pipeline_init_on_its_own_data(config: dict) -> None:
+    runs = train_runs(config)
+    assert ("mimic_sl", "mimic") not in runs and ("random", "mimic") in runs
+    assert len(runs) == len(config["initialisations"]) * len(config["datasets"]) - 1
+    assert pretrain_jobs(config) == [("mimic_sl", None)]  # backbone transfer: one pre-training for all targets
+    study = copy.deepcopy(config)
+    study["initialisations"]["mimic_sl"]["transfer"] = "study"
+    assert pretrain_jobs(study) == [("mimic_sl", d) for d in config["datasets"] if d != "mimic"]
+    spec = init_spec(study, "mimic_sl")
+    assert pretrain_run_dir(Layout("r"), spec, "vindr") == Path("r/pretrain/mimic_sl/mimic/for-vindr")
+    with pytest.raises(ConfigError, match="not a separate arm"):
+        run_settings(config, "mimic_sl", "mimic")
+
+
+def test_settings_hold_what_changes_results_only(config: dict) -> None:
+    s = run_settings(config, "random", "vindr")
+    assert s["img_size"] == config["preprocess"]["size"] and s["label_scope"] == "all"
+    assert (
+        s["seed"] == derive_seed(config["seed"], "train", "vindr") == run_settings(config, "mimic_sl", "vindr")["seed"]
+    )
+    assert not {"device", "num_workers", "gpus", "mem_mb", "runtime_minutes", "retries"} & set(s["training"])
+    assert s["training"]["normalisation"] == "none" and s["training"]["schedule"] == "none"  # the paper preset
+    p = pretrain_settings(config, "mimic_sl", None)
+    assert p["role"] == "pretrain" and p["dataset"] == "mimic" and p["init"]["name"] == "random"
+    modern = resolve_training({"preset": "modern", "lr": 1e-4})
+    assert modern["normalisation"] == "model" and modern["schedule"] == "cosine" and modern["lr"] == 1e-4
+    assert resolve_training({"preset": "modern", "normalisation": "none"})["normalisation"] == "none"
+    assert derive_seed(1, "a") != derive_seed(1, "b") and derive_seed(1, "a") == derive_seed(1, "a")
+
+
+def _workflow(tmp_path: Path, config: dict) -> Path:
+    """A Snakefile with only common.smk + train.smk, and empty stand-ins for the files earlier stages write."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    rules = REPO_ROOT / "workflow" / "rules"
+    (tmp_path / "Snakefile").write_text(
+        f'configfile: "config.yaml"\ninclude: "{rules / "common.smk"}"\ninclude: "{rules / "train.smk"}"\n'
+        "rule all:\n    input: train_targets()\n"
+    )
+    layout = Layout(tmp_path / config["results"])
+    variant = Layout.variant(config["preprocess"]["mode"], config["preprocess"]["size"])
+    for ds in config["datasets"]:
+        for path in [layout.labels(ds), layout.manifest(ds, variant)] + [
+            layout.cache_dir(ds, variant) / f"{s}{e}"
+            for s in ("train", "val", "test")
+            for e in (".npy", ".index.parquet")
+        ]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+    return tmp_path
+
+
+def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(workdir / "Snakefile"),
+            "-d",
+            str(workdir),
+            "-n",
+            "-p",
+            "-c1",
+            *args,
+        ],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_dag_chains_pretraining_into_the_pipeline_runs(config: dict, tmp_path: Path) -> None:
+    config["results"] = "res"
+    proc = _snakemake(_workflow(tmp_path, config))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    counts = dict(re.findall(r"^(train|pretrain)\s+(\d+)\s*$", out, flags=re.MULTILINE))
+    assert counts == {"train": "11", "pretrain": "1"}
+    pre = "res/pretrain/mimic_sl/mimic/all-labels"
+    assert f"--init-checkpoint {pre}/best.pt" in out
+    assert "--out res/runs/mimic_sl/vindr" in out and "res/runs/mimic_sl/mimic" not in out
+    assert "--cache-dir res/vindr/cache/paper-64" in out and "--device cpu" in out
+
+
+def test_missing_weights_fail_at_parse_time_with_the_fetch_command(config: dict, tmp_path: Path) -> None:
+    config["weights"] = {"hf_home": "wcache", "dir": "wdir"}
+    config["initialisations"]["dinov2"] = {"model": "vit_base_patch14_dinov2.lvd142m", "source": "hub"}
+    proc = _snakemake(_workflow(tmp_path, config))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "cxrbench weights fetch --model vit_base_patch14_dinov2.lvd142m --hf-home wcache" in out
+    assert "Pretrained weights are missing" in out and "models--timm--vit_base_patch14_dinov2.lvd142m" in out

@@ -1,0 +1,141 @@
+"""Build the timm model of an initialisation with its weights loaded.
+
+Every pretrained source goes through timm's own pretrained machinery (``create_model(pretrained=True,
+pretrained_cfg_overlay=...)``), so the model's checkpoint filter converts foreign formats (e.g. Meta DINOv2),
+resamples position embeddings to ``img_size`` and drops a classifier whose size does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cxrbench.models import hub
+from cxrbench.models.registry import InitSpec, WeightsMissing, locate_weights, weights_problem
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["build_model", "data_config", "sha256_file"]
+
+
+def sha256_file(path: str | Path, *, chunk: int = 1 << 22) -> str:
+    """SHA-256 hex digest of a file (recorded in run.json for every weight file a run loads)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _create(model: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model``; size-agnostic architectures (CNNs) get no ``img_size``."""
+    import timm
+
+    try:
+        return timm.create_model(model, **kwargs)
+    except TypeError as exc:
+        if "img_size" not in str(exc) or "img_size" not in kwargs:
+            raise
+        _logger.debug("%s takes no img_size (size-agnostic architecture)", model)
+        kwargs.pop("img_size")
+        return timm.create_model(model, **kwargs)
+
+
+def build_model(
+    spec: InitSpec,
+    *,
+    num_classes: int,
+    img_size: int,
+    hf_home: str | Path,
+    pipeline_state: dict[str, torch.Tensor] | None = None,
+    keep_head: bool = False,
+) -> nn.Module:
+    """The model of ``spec`` with ``num_classes`` sigmoid outputs at ``img_size`` pixels, weights loaded.
+
+    Args:
+        spec: the initialisation.
+        num_classes: number of labels (the head is new unless ``keep_head``).
+        img_size: input side length; absolute position embeddings are resampled to it.
+        hf_home: offline Hugging Face cache root (source ``hub``).
+        pipeline_state: source ``pipeline`` only -- the pre-trained state dict (from its ``best.pt``).
+        keep_head: source ``pipeline`` only -- load the pre-trained classifier as well (``transfer: study``;
+            the label lists must then be identical, which the caller checks).
+
+    Raises:
+        WeightsMissing: hub/file weights are not on disk (message with the fetch command).
+        ValueError: a pipeline initialisation without ``pipeline_state``.
+    """
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "img_size": img_size}
+    if spec.pooling is not None:
+        kwargs["global_pool"] = spec.pooling
+    # The data config then reports the size we train at, not the pretraining size (DINOv2: 518).
+    overlay: dict[str, Any] = {"input_size": (3, img_size, img_size)}
+    if spec.source == "none":
+        model = _create(spec.model, pretrained=False, pretrained_cfg_overlay=overlay, **kwargs)
+    elif spec.source in ("hub", "file"):
+        problem = weights_problem(spec, hf_home=hf_home)
+        if problem:
+            raise WeightsMissing(problem)
+        if spec.source == "file":
+            # custom_load=True sends the file to the model's own loader (Google .npz); always explicit,
+            # because its default changed between timm releases (ecosystem.md §C).
+            overlay.update(file=str(spec.file), custom_load=Path(spec.file).suffix == ".npz")
+            model = _create(spec.model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        else:
+            hub.enable_offline(Path(hf_home))
+            model = _create(
+                spec.model,
+                pretrained=True,
+                pretrained_cfg_overlay=overlay,
+                cache_dir=str(hub.cache_dir(Path(hf_home))),
+                **kwargs,
+            )
+    elif spec.source == "pipeline":
+        if pipeline_state is None:
+            raise ValueError(f"initialisation {spec.name!r}: source 'pipeline' needs the pre-trained state dict")
+        # A pretrained cfg with num_classes 0 means "no classifier in these weights" to timm (as for DINOv2):
+        # it keeps the new head's default init and loads everything else. With keep_head the counts match and
+        # timm loads strictly, head included.
+        overlay.update(state_dict=dict(pipeline_state), num_classes=num_classes if keep_head else 0, custom_load=False)
+        if not keep_head:
+            head = _classifier_keys(spec.model)
+            overlay["state_dict"] = {k: v for k, v in pipeline_state.items() if k.rsplit(".", 1)[0] not in head}
+        model = _create(spec.model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    else:
+        raise ValueError(f"initialisation {spec.name!r}: unknown source {spec.source!r}")
+    _logger.info(
+        "model %s (%s, source %s): %d classes at %d px, %.1fM parameters",
+        spec.name,
+        spec.model,
+        spec.source,
+        num_classes,
+        img_size,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
+    return model
+
+
+def _classifier_keys(model: str) -> set[str]:
+    """Module names of the classifier(s) of a timm architecture (from its pretrained config)."""
+    import timm.models
+
+    cfg = timm.models.get_pretrained_cfg(model)
+    names = getattr(cfg, "classifier", None) or "head"
+    return {names} if isinstance(names, str) else set(names)
+
+
+def data_config(model: nn.Module) -> dict[str, Any]:
+    """timm's resolved data config (mean, std, input size) of a built model."""
+    import timm.data
+
+    return timm.data.resolve_model_data_config(model)
+
+
+def weights_file(spec: InitSpec, *, hf_home: str | Path) -> Path | None:
+    """The external weight file an initialisation loads (hub/file), for hashing; None otherwise."""
+    return locate_weights(spec, hf_home=hf_home)
