@@ -125,3 +125,16 @@ def test_predictions_contract_errors_name_the_file(tmp_path) -> None:
         from_frame(good.drop(columns="score"), source="x.parquet")
     with pytest.raises(PredictionError, match="does not exist"):
         read_predictions(tmp_path / "none.parquet")
+
+
+def test_dataset_with_a_single_run_joins_the_bh_family() -> None:
+    """A dataset with one run (e.g. the pipeline init's own pre-training dataset) yields no pair; its empty
+    test table must keep numeric dtypes so the family-wide BH step still works."""
+    rng = np.random.default_rng(0)
+    single = compare_runs({"only": (("a",), rng.random((50, 1)))}, {"only": {"a"}})
+    assert single.empty and single["p_two_sided"].dtype == np.float64
+    pair = compare_runs({"x": (("a",), rng.random((50, 1))), "y": (("a",), rng.random((50, 1)))},
+                        {"x": {"a"}, "y": {"a"}})
+    both = pd.concat([single.assign(dataset="d1"), pair.assign(dataset="d2")], ignore_index=True)
+    adjusted = adjust_bh(both, family="all", alpha=0.05)
+    assert adjusted["p_two_sided_bh"].notna().all() and len(adjusted) == len(pair)

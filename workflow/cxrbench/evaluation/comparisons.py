@@ -96,8 +96,16 @@ def compare_runs(
                 "auroc_b_sd": sb["sd"],
                 **paired_test(a, b, confidence=confidence),
             })
-    return pd.DataFrame(rows, columns=list(TEST_COLUMNS))
+    # Explicit dtypes: a dataset with a single run has no pair, and an empty frame must still concatenate
+    # with the others as numbers (object columns would reach the BH step).
+    return pd.DataFrame(rows, columns=list(TEST_COLUMNS)).astype(_TEST_DTYPES)
 
+
+_TEST_DTYPES = {
+    c: ("string" if c in ("init_a", "init_b", "label", "level") else "int64" if c in ("n_labels", "n_paired")
+        else "float64")
+    for c in TEST_COLUMNS
+}
 
 _FAMILY_KEYS = {"all": ["level"], "per_dataset": ["level", "dataset"], "per_pair": ["level", "init_a", "init_b"]}
 

@@ -5,6 +5,11 @@ shard holds at most ``shard_size`` images. Adding or removing an image therefore
 and ``K`` only changes when the image count crosses ``shard_size * 2^m`` (then every shard reruns once).
 Each shard's membership file is rewritten only when its content changes, so Snakemake (which compares
 modification times) reruns exactly the shards whose membership changed.
+
+Changes of the source images themselves are seen through :func:`source_fingerprint`, a short hash over
+``(source_path, st_size, st_mtime_ns)`` of a shard's members that the shard rule passes as a ``params``
+value: Snakemake's params rerun trigger then reruns exactly the shards whose fingerprint changed, at one
+``stat`` per image instead of one declared input per image (docs/preprocessing.md, "Incremental behaviour").
 """
 
 from __future__ import annotations
@@ -22,9 +27,24 @@ from cxrbench.paths import Layout
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["assign_shards", "members_path", "plan_shards", "read_members", "shard_count", "write_memberships"]
+__all__ = [
+    "MISSING",
+    "assign_shards",
+    "fingerprint_records",
+    "members_path",
+    "plan_shards",
+    "read_members",
+    "shard_count",
+    "source_fingerprint",
+    "stat_sources",
+    "write_memberships",
+]
 
 PLAN_COLUMNS = ["image_id", "source_path", "shard"]
+MEMBERS_HEADER = "image_id\tsource_path"
+# Recorded instead of (size, mtime) for a source that cannot be stat'ed: the shard job quarantines it, and
+# the fingerprint changes again when the file appears.
+MISSING = "missing"
 
 
 def shard_count(n_images: int, shard_size: int) -> int:
@@ -46,9 +66,11 @@ def plan_shards(labels: pd.DataFrame, *, shard_size: int) -> pd.DataFrame:
     missing = {"image_id", "source_path"} - set(labels.columns)
     if missing:
         raise ValueError(f"labels table lacks column(s) {sorted(missing)}")
-    if labels["image_id"].isna().any() or labels["source_path"].isna().any():
-        row = int(np.flatnonzero(labels["image_id"].isna() | labels["source_path"].isna())[0])
-        raise ValueError(f"labels row {row}: image_id or source_path is null")
+    blank = labels["image_id"].isna() | labels["source_path"].isna()
+    blank |= (labels["image_id"].astype(str) == "") | (labels["source_path"].astype(str) == "")
+    if blank.any():
+        row = int(np.flatnonzero(blank)[0])
+        raise ValueError(f"labels row {row}: image_id or source_path is null or empty")
     dup = labels["image_id"].duplicated()
     if dup.any():
         raise ValueError(f"labels image_id {labels['image_id'][dup].iloc[0]!r} occurs more than once")
@@ -58,13 +80,13 @@ def plan_shards(labels: pd.DataFrame, *, shard_size: int) -> pd.DataFrame:
 
 
 def members_path(layout: Layout, ds: str, variant: str, shard: int | str) -> Path:
-    """Membership file of one shard (kept next to the shard outputs, outside any rule's outputs)."""
-    return layout.png_dir(ds, variant) / "members" / f"shard-{shard}.tsv"
+    """Deprecated alias of :meth:`Layout.shard_members`, kept only until bench/dag_scale.py stops importing it."""
+    return layout.shard_members(ds, variant, shard)
 
 
 def _members_text(group: pd.DataFrame) -> str:
     rows = group.sort_values("image_id")
-    return "image_id\tsource_path\n" + "".join(f"{i}\t{p}\n" for i, p in zip(rows["image_id"], rows["source_path"]))
+    return MEMBERS_HEADER + "\n" + "".join(f"{i}\t{p}\n" for i, p in zip(rows["image_id"], rows["source_path"]))
 
 
 def write_memberships(plan: pd.DataFrame, members_dir: Path) -> dict[str, int]:
@@ -94,6 +116,72 @@ def write_memberships(plan: pd.DataFrame, members_dir: Path) -> dict[str, int]:
     return counts
 
 
+def _parse_members(path: str | Path) -> tuple[list[str], list[str]]:
+    """(image ids, source paths) of a membership file; a wrong header or row raises naming file and line."""
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    if lines[0] != MEMBERS_HEADER:
+        raise ValueError(f"{path}: line 1 must be the header {MEMBERS_HEADER!r}, got {lines[0][:80]!r}")
+    if lines[-1] != "":
+        raise ValueError(f"{path}: does not end with a newline (truncated write?)")
+    ids, sources = [], []
+    for number, line in enumerate(lines[1:-1], start=2):
+        fields = line.split("\t")
+        if len(fields) != 2 or not fields[0] or not fields[1]:
+            raise ValueError(f"{path}: line {number} must be '<image_id><TAB><source_path>', got {line[:80]!r}")
+        ids.append(fields[0])
+        sources.append(fields[1])
+    return ids, sources
+
+
 def read_members(path: str | Path) -> pd.DataFrame:
     """Read a membership file as (image_id, source_path) strings."""
-    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    ids, sources = _parse_members(path)
+    return pd.DataFrame({"image_id": pd.Series(ids, dtype=object), "source_path": pd.Series(sources, dtype=object)})
+
+
+def stat_sources(root: str | Path, source_paths: list[str]) -> list[tuple[int, int] | None]:
+    """``(st_size, st_mtime_ns)`` of each ``root/source_path`` (symlinks followed), ``None`` where stat fails.
+
+    Plain ``os.stat`` per file: measured faster than ``os.scandir`` per directory (whose entries still need a
+    ``stat`` call each on Linux and which lists non-members too); see bench/shard_fingerprint.py.
+    """
+    prefix = os.path.join(os.fspath(root), "")
+    out: list[tuple[int, int] | None] = []
+    for rel in source_paths:
+        try:
+            st = os.stat(prefix + rel)
+        except OSError:  # missing, a broken link, an unreadable folder: the shard job quarantines it
+            out.append(None)
+        else:
+            out.append((st.st_size, st.st_mtime_ns))
+    return out
+
+
+def fingerprint_records(source_paths: list[str], stats: list[tuple[int, int] | None]) -> str:
+    """16-hex-digit blake2b over ``source_path, st_size, st_mtime_ns`` per member (``None`` -> :data:`MISSING`)."""
+    if len(source_paths) != len(stats):
+        raise ValueError(f"{len(source_paths)} source paths but {len(stats)} stat results")
+    text = "".join(
+        f"{rel}\t{MISSING}\n" if st is None else f"{rel}\t{st[0]}\t{st[1]}\n" for rel, st in zip(source_paths, stats)
+    )
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+# (membership file, root) -> ((st_mtime_ns, st_size, st_ino) of the membership file, fingerprint). Snakemake
+# evaluates a job's params more than once per invocation (e.g. before and after the plan checkpoint), so each
+# shard costs one pass; a rewritten membership file (os.replace: new inode) is read again.
+_FINGERPRINTS: dict[tuple[str, str], tuple[tuple[int, int, int], str]] = {}
+
+
+def source_fingerprint(members: str | Path, *, root: str | Path) -> str:
+    """Fingerprint of the current state of one shard's source images (cached per membership file version)."""
+    st = os.stat(members)
+    version = (st.st_mtime_ns, st.st_size, st.st_ino)
+    key = (os.fspath(members), os.fspath(root))
+    cached = _FINGERPRINTS.get(key)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    _, sources = _parse_members(members)
+    value = fingerprint_records(sources, stat_sources(root, sources))
+    _FINGERPRINTS[key] = (version, value)
+    return value
