@@ -5,6 +5,7 @@ The writer functions here are also used by tests/test_labels_*.py.
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 from pathlib import Path
@@ -12,7 +13,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cxrbench.datasets import DatasetFormatError, build_index, label_files, read_index, write_index
+from cxrbench.datasets import (
+    DatasetFormatError,
+    build_index,
+    label_files,
+    native_vocabulary,
+    read_index,
+    source_values,
+    write_index,
+)
+from cxrbench.datasets._io import parse_token_lists, token_indicators
+from cxrbench.datasets.padchest import _split_labels
 
 CHEX_LABELS = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
                "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
@@ -178,10 +189,48 @@ def test_chestxray14_tokens_split_and_2017_variant(tmp_path: Path) -> None:
     assert list(idx["source_path"]) == [f"images/{r[0]}" for r in rows]
     assert list(idx["patient_id"]) == [str(r[2]) for r in rows]
     assert (idx["split_official"] == "test").sum() == 2
-    for (img, finding, *_), (_, row) in zip(rows, idx.iterrows(), strict=True):
-        positives = {c[4:] for c in idx.columns if c.startswith("raw_") and row[c] == 1.0 and c != "raw_Finding Labels"}
-        assert positives == set(finding.split("|"))
+    vocab = native_vocabulary("chestxray14")
+    values = source_values(idx, vocab)
+    for i, (img, finding, *_) in enumerate(rows):
+        assert {t for t in vocab if values[t][i] == 1.0} == set(finding.split("|"))
+    assert not any(c.startswith("raw_") and c != "raw_Finding Labels" for c in idx.columns)  # compact tokens
     assert set(idx["view"]) == {"PA", "AP"} and set(idx["sex"]) == {"M", "F"}
+
+
+def test_chestxray14_image_in_both_lists_or_in_none(tmp_path: Path, caplog) -> None:
+    rows = nih_rows(2, 2)
+    write_nih(tmp_path, rows, test={rows[0][0]})
+    with open(tmp_path / "train_val_list.txt", "a") as fh:
+        fh.write("99999999_000.png\n")  # listed but absent from the label file: a warning, not an error
+    (tmp_path / "test_list.txt").write_text(f"{rows[0][0]}\n{rows[1][0]}\n\n")  # rows[1] is also in train_val
+    with pytest.raises(DatasetFormatError, match=rf"test_list.txt: image '{rows[1][0]}' is also listed in "
+                                                 r"train_val_list.txt"):
+        build_index(settings("chestxray14", tmp_path))
+    (tmp_path / "test_list.txt").write_text(f"{rows[0][0]}\n")
+    (tmp_path / "train_val_list.txt").write_text(f"{rows[1][0]}\n99999999_000.png\n")
+    idx = build_index(settings("chestxray14", tmp_path))
+    assert list(idx["split_official"].fillna("none")) == ["test", "train", "none", "none"]
+    assert "lists 1 image(s) absent from the label file" in caplog.text
+
+
+@pytest.mark.parametrize("text", ["['a', ' b']", "[]", "['']", "['a''b']", "['a',]", "['a', ]", "['a',' b']",
+                                  "[\"a\", 'b']", "['a\\'s']", "[ 'a']", "['x, y', 'z']"])
+def test_padchest_fast_list_parse_agrees_with_literal_eval(text: str) -> None:
+    assert _split_labels(text) == [v.strip() for v in ast.literal_eval(text)]
+
+
+def test_token_lists_and_indicators() -> None:
+    values = pd.Series(["['b', ' a', 'b']", None, "['']", "[]", "['a', 'c']", "['b', ' a', 'b']"], dtype="str")
+    tokens = parse_token_lists(values, split=_split_labels, vocabulary=["a", "b", "c"], path=Path("f.csv"),
+                               column="Labels")
+    assert tokens.tolist()[:1] + tokens.tolist()[2:] == ["b|a", "", "", "a|c", "b|a"]  # distinct, first-seen order
+    assert pd.isna(tokens.iloc[1])
+    m = token_indicators(tokens, ["c", "a", "zz"])
+    np.testing.assert_array_equal(m, [[0, 1, 0], [np.nan] * 3, [0, 0, 0], [0, 0, 0], [1, 1, 0], [0, 1, 0]])
+    assert m.dtype == np.float32 and token_indicators(tokens, []).shape == (6, 0)
+    with pytest.raises(DatasetFormatError, match=r"f.csv: data row 3 \(line 4\), column 'Labels'.*\['d'\]"):
+        parse_token_lists(pd.Series(["['a']", "['a']", "['d']"]), split=_split_labels, vocabulary=["a"],
+                          path=Path("f.csv"), column="Labels")
 
 
 @pytest.mark.parametrize(
@@ -300,13 +349,17 @@ def test_padchest_tokens_views_and_exclusions(tmp_path: Path) -> None:
     ])
     idx = build_index(settings("padchest", tmp_path))
     assert list(idx["view"]) == ["PA", "LATERAL", "AP_SUPINE", "OTHER", "AP", "PA"]
-    assert list(idx["raw_pleural effusion"].fillna(-9)) == [1, 1, 0, 0, -9, 0]
+    np.testing.assert_array_equal(source_values(idx, ["pleural effusion"])["pleural effusion"], [1, 1, 0, 0, np.nan, 0])
+    assert list(idx["source_tokens"].fillna("<NA>")) == ["cardiomegaly|pleural effusion"] * 2 + [
+        "normal", "exclude", "<NA>", ""]
     assert list(idx["exclude_reason"].fillna("")) == ["", "", "", "source_marked_exclude", "labels_missing",
                                                       "labels_missing"]
     assert idx["source_path"].iloc[2] == f"2/{2:035d}_ab12cd.png"
     assert idx["age_years"].iloc[0] == 2013 - 1941
     assert idx["patient_id"].iloc[0] == f"{1:035d}"  # long ids stay strings
     assert list(idx["raw_MethodLabel"][:3]) == ["Physician", "Physician", "RNN_model"]
+    write_index(idx, tmp_path / "index.parquet")  # the compact token column survives the Parquet round trip
+    pd.testing.assert_frame_equal(read_index(tmp_path / "index.parquet"), idx, check_dtype=False)
 
 
 @pytest.mark.parametrize(("labels", "message"), [

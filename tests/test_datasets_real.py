@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cxrbench.datasets import build_index
+from cxrbench.datasets import build_index, native_vocabulary, source_values
 from cxrbench.labels import harmonise
 from cxrbench.labels.splits import check_disjoint
 
@@ -56,8 +56,9 @@ def test_nih_counts_prevalence_and_splits(nih) -> None:
     ref, test, idx, h = nih
     assert len(idx) == 112_120 and idx["patient_id"].nunique() == 30_805
     tokens = ref["Finding Labels"].str.split("|").explode().value_counts()
+    values = source_values(idx, list(tokens.index))
     for token, count in tokens.items():
-        assert idx[f"raw_{token}"].sum() == count, token
+        assert values[token].sum() == count, token
     # datasets.md section 1.5, verified on this file
     assert tokens["Infiltration"] == 19_894 and tokens["Hernia"] == 227 and tokens["No Finding"] == 60_361
     y = h.labels
@@ -124,9 +125,16 @@ def padchest(tmp_path_factory):
 def test_padchest_counts_exclusions_and_exact_tokens(padchest) -> None:
     ref, idx, h = padchest
     assert len(idx) == 160_861 and idx["patient_id"].nunique() == 67_625
-    assert idx["raw_normal"].sum() == 50_616  # datasets.md 5.5
+    vocab = native_vocabulary("padchest")
+    values = source_values(idx, vocab)
+    assert np.nansum(values["normal"]) == 50_616  # datasets.md 5.5
     # images containing the item; datasets.md's 15,028 counts occurrences (6 rows list it twice)
-    assert idx["raw_cardiomegaly"].sum() == ref["tokens"].map(lambda t: "cardiomegaly" in t).sum() == 15_022
+    assert np.nansum(values["cardiomegaly"]) == ref["tokens"].map(lambda t: "cardiomegaly" in t).sum() == 15_022
+    # every item on every row, against ast.literal_eval (the adapter's regex fast path must agree)
+    per_item = ref["tokens"].map(sorted).explode().dropna().value_counts()
+    assert {t: int(np.nansum(v)) for t, v in values.items() if np.nansum(v) > 0} == per_item.to_dict()
+    missing = ref["Labels"].isna().to_numpy()
+    assert np.isnan(values["normal"][missing]).all() and not np.isnan(values["normal"][~missing]).any()
     frontal = ref["Projection"].isin(["PA", "AP", "AP_horizontal"])
     assert frontal.sum() == 110_633
     empty = ref["tokens"].map(len) == 0

@@ -3,9 +3,10 @@ returns the index table of ``docs/contracts.md`` section 1 (one row per listed i
 
 An adapter module defines ``label_files(root, entry) -> list[Path]`` and ``read(root, settings) ->
 DataFrame``. Source labels come out as ``raw_<source label>`` float32 columns holding 1 / 0 / -1
-(uncertain) / NaN (not mentioned or not available) in the dataset's own vocabulary; native encodings
-(token lists, reader rows, severity grades) are decoded here, the canonical map is applied later by
-:mod:`cxrbench.labels`.
+(uncertain) / NaN (not mentioned or not available) in the dataset's own vocabulary, except for the
+token-list datasets (ChestX-ray14, PadChest), whose reported tokens are one compact ``source_tokens``
+column; :func:`source_values` reads either form. Native encodings (token lists, reader rows, severity
+grades) are decoded here, the canonical map is applied later by :mod:`cxrbench.labels`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from cxrbench.datasets._io import INDEX_BASE_COLUMNS, VIEWS, DatasetFormatError, native_vocabulary
-from cxrbench.datasets.schema import read_index, validate_index, write_index
+from cxrbench.datasets.schema import read_index, source_values, validate_index, write_index
 
 _logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ __all__ = [
     "label_files",
     "native_vocabulary",
     "read_index",
+    "source_values",
     "validate_index",
     "write_index",
 ]

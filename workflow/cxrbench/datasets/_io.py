@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import yaml
 
@@ -23,6 +24,8 @@ _logger = logging.getLogger(__name__)
 
 __all__ = [
     "INDEX_BASE_COLUMNS",
+    "TOKENS_COLUMN",
+    "TOKEN_SEPARATOR",
     "VIEWS",
     "DatasetFormatError",
     "check_unique",
@@ -32,10 +35,11 @@ __all__ = [
     "normalise_sex",
     "normalise_split",
     "parse_numeric",
+    "parse_token_lists",
     "parse_tristate",
     "read_csv",
     "row_ref",
-    "tokens_to_matrix",
+    "token_indicators",
 ]
 
 VIEWS = ("PA", "AP", "AP_SUPINE", "LATERAL", "OTHER")
@@ -51,6 +55,11 @@ INDEX_BASE_COLUMNS = (
     "age_years",
     "exclude_reason",
 )
+# Token-list datasets (ChestX-ray14 ``Finding Labels``, PadChest ``Labels``) keep their source labels
+# compactly as one string column of distinct ``|``-joined tokens instead of one 0/1 column per
+# vocabulary item (PadChest: 193): harmonise expands only the items a label set uses.
+TOKENS_COLUMN = "source_tokens"
+TOKEN_SEPARATOR = "|"
 
 
 class DatasetFormatError(ValueError):
@@ -144,40 +153,69 @@ def parse_tristate(
     return out.astype("float32")
 
 
-def tokens_to_matrix(
+def parse_token_lists(
     values: pd.Series,
     *,
     split: Callable[[str], list[str]],
     vocabulary: Sequence[str],
     path: Path,
     column: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Token-list strings -> (N x V float32 0/1 matrix over ``vocabulary``, N bool "no tokens" mask).
+) -> pd.Series:
+    """Token-list strings -> the compact ``source_tokens`` form: distinct tokens ``|``-joined in order of
+    first appearance, ``''`` for an empty list, missing (null) where the value is missing.
 
     Each distinct string is parsed once (ChestX-ray14 has ~800, PadChest ~29k distinct strings for
-    112k/160k rows), which is what makes this fast. Missing values give a row of NaN and count as
-    "no tokens". ``split`` raises ValueError on an unparsable string.
+    112k/160k rows), which is what makes this fast. ``split`` raises ValueError on an unparsable
+    string; unknown tokens are an error naming the first row that has them.
     """
+    known = frozenset(vocabulary)
+    if any(TOKEN_SEPARATOR in t for t in known):
+        raise ValueError(f"a vocabulary item contains the token separator {TOKEN_SEPARATOR!r}")
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    index = {tok: j for j, tok in enumerate(vocabulary)}
-    table = np.zeros((len(uniques) + 1, len(vocabulary)), dtype="float32")
-    empty = np.zeros(len(uniques) + 1, dtype=bool)
-    table[-1] = np.nan  # code -1 (missing) indexes the last row
-    empty[-1] = True
-    for u, text in enumerate(uniques):
+    joined: list[str | None] = []
+    for u, text in enumerate(uniques.tolist()):  # plain str: iterating an Arrow-backed array is slow
         try:
-            tokens = [t for t in split(text) if t != ""]
+            tokens = list(dict.fromkeys(t for t in split(text) if t != ""))
         except (ValueError, SyntaxError) as exc:
-            bad = codes == u
-            raise _first_bad(bad, values, path, column, f"unparsable label list ({exc})") from None
-        unknown = [t for t in tokens if t not in index]
+            raise _first_bad(codes == u, values, path, column, f"unparsable label list ({exc})") from None
+        unknown = [t for t in tokens if t not in known]
         if unknown:
-            bad = codes == u
-            raise _first_bad(bad, values, path, column, f"unknown label token(s) {unknown}")
-        empty[u] = not tokens
-        for t in tokens:
-            table[u, index[t]] = 1.0
-    return table[codes], empty[codes]
+            raise _first_bad(codes == u, values, path, column, f"unknown label token(s) {unknown}")
+        joined.append(TOKEN_SEPARATOR.join(tokens))
+    joined.append(None)  # code -1 (missing) takes the last entry
+    rows = pa.array(joined, pa.large_string()).take(pa.array(np.where(codes < 0, len(uniques), codes)))
+    return rows.to_pandas().set_axis(values.index)
+
+
+def arrow_strings(values: pd.Series) -> pa.Array:
+    """A string Series as one contiguous pyarrow array (zero-copy for pandas' Arrow-backed ``str``)."""
+    arr = pa.Array.from_pandas(values)
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    return arr if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) else arr.cast(pa.large_string())
+
+
+def token_indicators(tokens: pd.Series, names: Sequence[str]) -> np.ndarray:
+    """``source_tokens`` -> N x K float32: 1 where ``names[k]`` is among the row's tokens, else 0;
+    NaN for a row whose tokens are missing (the label list itself was missing).
+
+    Vectorised over the exploded tokens: each distinct token is looked up once, then one scatter.
+    """
+    arr = arrow_strings(tokens)
+    # filled K x N and returned transposed, so that each source's column is contiguous
+    out = np.zeros((len(names), len(arr)), dtype="float32")
+    out[:, arr.is_null().to_numpy(zero_copy_only=False)] = np.nan
+    lists = pc.split_pattern(arr, TOKEN_SEPARATOR)
+    flat = pc.list_flatten(lists)
+    if len(flat) == 0 or not names:
+        return out.T
+    rows = pc.list_parent_indices(lists).to_numpy()
+    enc = pc.dictionary_encode(flat)
+    column_of = {name: k for k, name in enumerate(names)}
+    lut = np.array([column_of.get(t, -1) for t in enc.dictionary.to_pylist()], dtype=np.int64)
+    cols = lut[enc.indices.to_numpy()]
+    hit = cols >= 0
+    out[cols[hit], rows[hit]] = 1.0
+    return out.T
 
 
 def normalise_sex(values: pd.Series) -> np.ndarray:
@@ -234,13 +272,10 @@ def finish_index(
     raw: Mapping[str, object],
     n: int,
     *,
-    block: tuple[Sequence[str], np.ndarray] | None = None,
+    tokens: pd.Series | None = None,
 ) -> pd.DataFrame:
-    """Assemble an index DataFrame: the contract's base columns in order, then ``raw_*`` columns.
-
-    ``block`` = (names, N x K float32 matrix) adds K label columns from one matrix without copying
-    them column by column (token vocabularies: PadChest has 193).
-    """
+    """Assemble an index DataFrame: the contract's base columns in order, then ``source_tokens``
+    (token-list datasets, from :func:`parse_token_lists`), then ``raw_*`` columns."""
     cols: dict[str, object] = {}
     for name in INDEX_BASE_COLUMNS:
         value = base.get(name)
@@ -254,13 +289,11 @@ def finish_index(
         if name != "age_years":
             df[name] = df[name].astype("str")
     df["age_years"] = df["age_years"].astype("float64")
-    # float32 label columns as one 2-D block: PadChest has 193 of them, and a frame built from 193
-    # separate arrays spends half a second consolidating them
     parts = [df]
-    names: list[str] = []
-    if block is not None:
-        names = [f"raw_{k}" for k in block[0]]
-        parts.append(pd.DataFrame(block[1], columns=names, copy=False))
+    if tokens is not None:
+        parts.append(pd.DataFrame({TOKENS_COLUMN: tokens.reset_index(drop=True)}))
+    # float32 label columns as one 2-D block: a frame built from many separate arrays spends time
+    # consolidating them
     floats = {f"raw_{k}": v for k, v in raw.items() if isinstance(v, np.ndarray) and v.dtype == np.float32}
     others = {f"raw_{k}": v for k, v in raw.items() if f"raw_{k}" not in floats}
     if floats:

@@ -1,8 +1,9 @@
 """PadChest: ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz``.
 
 ``Labels`` is a Python-list-like string of findings; items are stripped (some carry a leading space)
-and the empty item is ignored. Each of the 193 known items becomes a 0/1 source label (1 = reported;
-0 = not reported). Rows are kept in the index but marked for exclusion when ``Labels`` is missing or
+and the empty item is ignored. The reported items (193 known) are kept compactly as the index's
+``source_tokens`` column (``|``-joined): each item is a 0/1 source label (1 = reported; 0 = not
+reported) that harmonise expands only for the items a label set uses. Rows are kept in the index but marked for exclusion when ``Labels`` is missing or
 empty (``labels_missing``) or reports ``exclude`` (``source_marked_exclude``: the radiologist flagged
 the image as unusable). ``MethodLabel`` (``Physician`` / ``RNN_model``) is kept as ``raw_MethodLabel``.
 """
@@ -26,8 +27,9 @@ from cxrbench.datasets._io import (
     native_vocabulary,
     normalise_sex,
     parse_numeric,
+    parse_token_lists,
     read_csv,
-    tokens_to_matrix,
+    token_indicators,
 )
 
 _logger = logging.getLogger(__name__)
@@ -43,7 +45,9 @@ def label_files(root: Path, entry: dict[str, Any]) -> list[Path]:
     return [root / entry.get("label_file", DEFAULT_LABEL_FILE)]
 
 
-_SIMPLE_LIST = re.compile(r"\[(?:'[^'\\]*'(?:, ?)?)*\]")
+# quoted items without quotes/backslashes inside, separated by ", " or "," (adjacent literals like
+# "'a''b'" would be concatenated by Python, so they are left to ast.literal_eval)
+_SIMPLE_LIST = re.compile(r"\[(?:'[^'\\]*'(?:, ?'[^'\\]*')*)?\]")
 _ITEM = re.compile(r"'([^'\\]*)'")
 
 
@@ -71,8 +75,9 @@ def read(root: Path, settings: dict[str, Any]) -> pd.DataFrame:
             pos = int(np.flatnonzero(df[col].isna().to_numpy())[0])
             raise DatasetFormatError(f"{path}: data row {pos + 1}, column {col!r}: value is missing")
     vocab = native_vocabulary("padchest")
-    matrix, empty = tokens_to_matrix(df["Labels"], split=_split_labels, vocabulary=vocab, path=path, column="Labels")
-    excluded = matrix[:, vocab.index("exclude")] == 1
+    tokens = parse_token_lists(df["Labels"], split=_split_labels, vocabulary=vocab, path=path, column="Labels")
+    empty = tokens.fillna("").eq("").to_numpy()
+    excluded = token_indicators(tokens, ["exclude"])[:, 0] == 1
     reason = np.select([empty, excluded], ["labels_missing", "source_marked_exclude"], "").astype(object)
     reason[reason == ""] = None
     image_dir = parse_numeric(df["ImageDir"], path=path, column="ImageDir", integer=True).astype("int64").astype(str)
@@ -92,4 +97,4 @@ def read(root: Path, settings: dict[str, Any]) -> pd.DataFrame:
     raw: dict[str, Any] = {}
     raw["Labels"] = df["Labels"]
     raw["MethodLabel"] = df["MethodLabel"]
-    return finish_index(base, raw, len(df), block=(vocab, matrix))
+    return finish_index(base, raw, len(df), tokens=tokens)

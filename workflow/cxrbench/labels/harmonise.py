@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrbench.datasets import native_vocabulary
+from cxrbench.datasets import native_vocabulary, source_values
 from cxrbench.labels.canonical import resolve_label_set, source_rules
 from cxrbench.labels.schema import BASE_COLUMNS
 from cxrbench.labels.splits import STUDY_OWN_SPLIT, assign_splits, check_disjoint
@@ -96,20 +96,24 @@ def existing_files(root: Path, paths: Sequence[str]) -> np.ndarray:
     return present
 
 
-def _finding_values(index: pd.DataFrame, rules: dict, findings: Sequence[str], name: str) -> dict[str, np.ndarray]:
+def _finding_values(
+    index: pd.DataFrame, rules: dict, findings: Sequence[str], name: str
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(``{finding: combined tri-state values}``, ``{source label: values}``) for ``findings``."""
+    carried = source_values(index, [s for f in findings if f in rules for s in rules[f].sources])
     values = {}
     for finding in findings:
         if finding not in rules:
             continue
         # a source label the dataset's files do not carry (e.g. VinDr's global labels in the Kaggle
         # variant) has no index column; a finding with none of its sources is not assessed (NaN)
-        cols = [f"raw_{s}" for s in rules[finding].sources if f"raw_{s}" in index]
+        cols = [carried[s] for s in rules[finding].sources if s in carried]
         if cols:
-            values[finding] = combine_sources(index[cols].to_numpy(dtype="float32"))
+            values[finding] = combine_sources(np.column_stack(cols))
         else:
             _logger.warning("dataset %r: no source column of %r (%s) in the index", name, finding,
                             ", ".join(rules[finding].sources))
-    return values
+    return values, carried
 
 
 def harmonise(
@@ -135,7 +139,7 @@ def harmonise(
     label_set = resolve_label_set(entry.get("label_set", "all"), rules)
     drop_set = list(lab.get("drop_uncertain_in", []))
     resolve_label_set(drop_set, rules)  # validates the names
-    values = _finding_values(index, rules, list(dict.fromkeys([*label_set, *drop_set])), name)
+    values, carried = _finding_values(index, rules, list(dict.fromkeys([*label_set, *drop_set])), name)
     not_assessed = [f for f in label_set if f not in values]
     if not_assessed:
         _logger.warning("%s: %s not assessed by adapter %s: NaN columns", name, not_assessed, adapter)
@@ -170,7 +174,13 @@ def harmonise(
     if not keep.any():
         raise HarmoniseError(f"dataset {name!r}: no image left after exclusions {exclusions}")
 
-    kept = index.loc[keep].reset_index(drop=True)
+    used = {f"raw_{s}" for f in label_set if f in values for s in rules[f].sources if s in carried}
+    raw_cols = [c for c in index.columns if c.startswith("raw_") and (
+        c in used or index[c].dtype != np.float32 or c == "raw_n_readers" or c.removeprefix("raw_grade_") in
+        {u.removeprefix("raw_") for u in used})]
+    # only the columns written out are copied (not the unused raw_* and source_tokens columns)
+    kept = index.loc[keep, [c for c in index.columns if c in BASE_COLUMNS or c == "split_official" or c in raw_cols]]
+    kept = kept.reset_index(drop=True)
     use_official = spl.get("strategy", "official") == "official" or adapter not in STUDY_OWN_SPLIT
     split, split_source = assign_splits(
         kept, seed=int(settings["seed"]), name=name, test_fraction=float(spl.get("test_fraction", 0.2)),
@@ -199,10 +209,9 @@ def harmonise(
                                              not_mentioned=lab.get("not_mentioned", "negative"))
         else:  # the dataset does not assess this finding: NaN, never 0
             ys[f"y_{f}"] = np.full(len(kept), np.nan, dtype="float32")
-    used = {f"raw_{s}" for f in label_set if f in values for s in rules[f].sources}
-    raw_cols = [c for c in kept.columns if c.startswith("raw_") and (
-        c in used or kept[c].dtype != np.float32 or c == "raw_n_readers" or c.removeprefix("raw_grade_") in
-        {u.removeprefix("raw_") for u in used})]
-    out = pd.concat([out, pd.DataFrame(ys), kept[raw_cols]], axis=1)
+    # token-list sources have no index column: the used ones become raw_* columns (vocabulary order)
+    expanded = [s for s in (vocab or carried) if s in carried and f"raw_{s}" in used and f"raw_{s}" not in index]
+    tokens = pd.DataFrame({f"raw_{s}": carried[s][keep] for s in expanded})
+    out = pd.concat([out, pd.DataFrame(ys), tokens, kept[raw_cols]], axis=1)
     _logger.info("%s: %d of %d listed images kept; excluded %s", name, len(out), n, exclusions or "none")
     return Harmonised(out, label_set, n, exclusions, approximate, not_assessed)

@@ -16,7 +16,8 @@ import pandas as pd
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["STUDY_OWN_SPLIT", "SplitError", "assign_splits", "check_disjoint", "patient_order"]
+__all__ = ["STUDY_OWN_SPLIT", "SplitError", "assign_splits", "check_disjoint", "patient_order",
+           "patients_in_several_splits"]
 
 # Datasets the study re-split ~80/20 itself instead of using an official test set (paper-methods.md 2.1).
 STUDY_OWN_SPLIT = frozenset({"chexpert", "mimic", "padchest", "uka"})
@@ -29,11 +30,10 @@ class SplitError(ValueError):
 def patient_order(patients: np.ndarray, *, seed: int, name: str, purpose: str) -> np.ndarray:
     """A 64-bit key per distinct patient id; sorting by it gives the seeded patient order."""
     prefix = f"{seed}\x1f{name}\x1f{purpose}\x1f".encode()
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(prefix + str(p).encode(), digest_size=8).digest(), "big") for p in patients),
-        dtype=np.uint64,
-        count=len(patients),
-    )
+    blake2b = hashlib.blake2b
+    # digests joined and read as big-endian uint64 at once: half the time of int.from_bytes per id
+    digests = b"".join([blake2b(prefix + str(p).encode(), digest_size=8).digest() for p in patients])
+    return np.frombuffer(digests, dtype=">u8").astype(np.uint64)
 
 
 def _take_fraction(patient: pd.Series, fraction: float, *, seed: int, name: str, purpose: str) -> np.ndarray:
@@ -43,7 +43,9 @@ def _take_fraction(patient: pd.Series, fraction: float, *, seed: int, name: str,
     ids = np.asarray(uniques, dtype=object)
     keys = patient_order(ids, seed=seed, name=name, purpose=purpose)
     # ties are impossible in practice (64-bit keys); the id breaks them anyway for full determinism
-    order = np.lexsort((ids.astype(str), keys))
+    order = np.argsort(keys, kind="stable")
+    if (keys[order][1:] == keys[order][:-1]).any():
+        order = np.lexsort((ids.astype(str), keys))
     cum_before = np.cumsum(counts[order]) - counts[order]
     chosen = np.zeros(len(uniques), dtype=bool)
     chosen[order[cum_before < fraction * len(patient)]] = True
@@ -86,10 +88,19 @@ def assign_splits(
     return split, source
 
 
+def patients_in_several_splits(patient: pd.Series | np.ndarray, split: pd.Series | np.ndarray) -> np.ndarray:
+    """Patient ids that have rows in more than one split, in order of first appearance (vectorised)."""
+    p_codes, p_uniques = pd.factorize(patient, use_na_sentinel=False)
+    s_codes, s_uniques = pd.factorize(split, use_na_sentinel=False)
+    pairs = np.unique(p_codes.astype(np.int64) * (len(s_uniques) + 1) + s_codes)
+    owner = pairs // (len(s_uniques) + 1)
+    shared = np.unique(owner[1:][owner[1:] == owner[:-1]])
+    return np.asarray(p_uniques, dtype=object)[shared]
+
+
 def check_disjoint(patient: pd.Series, split: pd.Series, *, where: str) -> None:
     """Hard check: fail if any patient has images in two splits (names up to five of them)."""
-    per_patient = pd.DataFrame({"p": patient.to_numpy(), "s": split.to_numpy()}).drop_duplicates()
-    shared = per_patient["p"][per_patient["p"].duplicated()].unique()
+    shared = patients_in_several_splits(patient, split)
     if len(shared):
         examples = ", ".join(map(repr, shared[:5]))
         raise SplitError(f"{where}: {len(shared)} patient(s) appear in more than one split, e.g. {examples}")
