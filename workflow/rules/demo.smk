@@ -20,6 +20,8 @@ if config["demo"]["enabled"]:
             manifest=Path(config["demo"]["root"]) / "demo-manifest.json",
         params:
             settings=settings(config["demo"]),
+        conda:
+            "../../envs/base.yaml"
         log:
             LAYOUT.logs() / "demo_data.log",
         shell:

@@ -72,6 +72,8 @@ rule evaluate:
             "--predictions " + shlex.quote(f"{init}={run_predictions(init, w.ds)}") for init in evaluated_inits(w.ds)
         ),
         out_dir=lambda w: shlex.quote(str(LAYOUT.stats_dir(w.ds))),
+    conda:
+        "../../envs/evaluate.yaml"
     log:
         LAYOUT.logs() / "evaluate" / "{ds}.log",
     threads: 2
@@ -93,6 +95,8 @@ rule aggregate:
         stats=" ".join("--stats " + shlex.quote(f"{ds}={LAYOUT.stats_dir(ds)}") for ds in EVAL_DATASETS),
         tables=shlex.quote(str(LAYOUT.tables_dir())),
         figures=shlex.quote(str(LAYOUT.figures_dir())),
+    conda:
+        "../../envs/evaluate.yaml"
     log:
         LAYOUT.logs() / "aggregate.log",
     resources:

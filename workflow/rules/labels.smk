@@ -15,10 +15,12 @@ rule index:
         LAYOUT.index("{ds}"),
     params:
         settings=lambda w: settings(dataset_settings(w.ds)),
+    conda:
+        "../../envs/base.yaml"
     log:
         LAYOUT.logs() / "index" / "{ds}.log",
     resources:
-        mem_mb=4000,  # PadChest's 160k rows x 193 source labels is the largest index (~0.5 GB in memory)
+        mem_mb=4000,  # the largest index (CheXpert, 224k rows) stays well under this
         runtime=20,
     shell:
         "{CXRBENCH} index --settings {params.settings} --out {output} > {log} 2>&1"
@@ -33,6 +35,8 @@ rule harmonise:
         summary_md=LAYOUT.labels_summary("{ds}", "md"),
     params:
         settings=lambda w: settings(dataset_settings(w.ds)),
+    conda:
+        "../../envs/base.yaml"
     log:
         LAYOUT.logs() / "harmonise" / "{ds}.log",
     resources:

@@ -69,6 +69,8 @@ checkpoint shard_plan:
     params:
         settings=settings({"shard_size": config["preprocess"]["shard_size"]}),
         members=lambda w: LAYOUT.shard_members(w.ds, VARIANT, 0).parent,
+    conda:
+        "../../envs/preprocess.yaml"
     log:
         LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT}-plan.log",
     resources:
@@ -92,6 +94,8 @@ rule preprocess_shard:
     threads: config["preprocess"]["threads"]
     resources:
         mem_mb=lambda w, threads: 1000 + 700 * threads,
+    conda:
+        "../../envs/preprocess.yaml"
     log:
         LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT}-shard-{{shard}}.log",
     shell:
@@ -107,6 +111,8 @@ rule collect_shards:
         rejected=LAYOUT.rejected("{ds}", VARIANT),
     params:
         settings=settings({"max_rejected_fraction": config["preprocess"]["max_rejected_fraction"]}),
+    conda:
+        "../../envs/preprocess.yaml"
     log:
         LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT}-collect.log",
     resources:
@@ -125,6 +131,8 @@ rule cache:
     params:
         settings=settings({"size": config["preprocess"]["size"]}),
         out_dir=lambda w: LAYOUT.cache_dir(w.ds, VARIANT),
+    conda:
+        "../../envs/preprocess.yaml"
     log:
         LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT}-cache.log",
     resources:

@@ -85,6 +85,8 @@ rule train:
         settings=lambda w: settings(_run_settings(config, w.init, w.ds)),
         options=lambda w, input: _options(input),
         out=lambda w: LAYOUT.run_dir(w.init, w.ds),
+    conda:
+        "../../envs/train.yaml"
     log:
         LAYOUT.logs() / "train" / "{init}" / "{ds}.log",
     benchmark:
@@ -112,6 +114,8 @@ rule pretrain:
         ),
         options=lambda w, input: _options(input),
         out=lambda w: LAYOUT.pretrain_dir(w.init, w.pds) / w.scope,
+    conda:
+        "../../envs/train.yaml"
     log:
         LAYOUT.logs() / "pretrain" / "{init}" / "{pds}" / "{scope}.log",
     benchmark:
