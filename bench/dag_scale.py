@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "workflow"))
 
 from cxrbench.datasets import label_files
 from cxrbench.paths import Layout
-from cxrbench.preprocess.shards import members_path, plan_shards, write_memberships
+from cxrbench.preprocess.shards import plan_shards, write_memberships
 
 # Frontal images per dataset in the study (docs: paper-methods.md, section 2).
 STUDY_SIZES = {
@@ -113,7 +113,7 @@ def write_sources(config: dict, scale: float) -> int:
         plan_path.parent.mkdir(parents=True, exist_ok=True)
         plan = plan_shards(labels, shard_size=config["preprocess"]["shard_size"])
         plan.to_parquet(plan_path, index=False)
-        write_memberships(plan, members_path(layout, ds, variant, 0).parent)
+        write_memberships(plan, layout.shard_members(ds, variant, 0).parent)
         total += n
     return total
 

@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 RESOURCES = REPO_ROOT / "resources"
 
-__all__ = ["ConfigError", "load_config", "validate_config", "load_schema", "RESOURCES", "REPO_ROOT"]
+__all__ = ["REPO_ROOT", "RESOURCES", "ConfigError", "load_config", "load_schema", "validate_config"]
 
 
 class ConfigError(ValueError):

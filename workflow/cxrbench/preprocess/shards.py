@@ -23,15 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrbench.paths import Layout
-
 _logger = logging.getLogger(__name__)
 
 __all__ = [
     "MISSING",
     "assign_shards",
     "fingerprint_records",
-    "members_path",
     "plan_shards",
     "read_members",
     "shard_count",
@@ -77,11 +74,6 @@ def plan_shards(labels: pd.DataFrame, *, shard_size: int) -> pd.DataFrame:
     plan = labels[["image_id", "source_path"]].astype(str).reset_index(drop=True)
     plan["shard"] = assign_shards(plan["image_id"], shard_count(len(plan), shard_size))
     return plan.sort_values(["shard", "image_id"], kind="stable").reset_index(drop=True)
-
-
-def members_path(layout: Layout, ds: str, variant: str, shard: int | str) -> Path:
-    """Deprecated alias of :meth:`Layout.shard_members`, kept only until bench/dag_scale.py stops importing it."""
-    return layout.shard_members(ds, variant, shard)
 
 
 def _members_text(group: pd.DataFrame) -> str:
