@@ -121,7 +121,7 @@ def main() -> None:
             dcm.append(p)
         j2k = tmp / "j.dcm"
         write_dicom(j2k, radiograph(3000, 2500, 12, 99), 12, j2k=True)
-        png8 = sorted(Path("/work/shared/samples/chestxray14").glob("*.png"))
+        png8 = sorted((Path(__file__).resolve().parents[2] / "shared" / "samples" / "chestxray14").glob("*.png"))
         png16 = tmp / "p16.png"
         Image.fromarray(radiograph(2000, 1800, 12, 5)).save(png16)
         jpg = tmp / "a.jpg"

@@ -12,7 +12,7 @@ from cxrbench.imaging.pipeline import Recipe, convert
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-SAMPLES = Path("/work/shared/samples/chestxray14")
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "chestxray14"  # shared/ lies beside the checkout
 NIH_PNGS = sorted(SAMPLES.glob("*.png"))
 
 
