@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import yaml
+from _common import run_snakemake, scratch_dir
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
@@ -119,18 +117,8 @@ def write_sources(config: dict, scale: float) -> int:
 
 
 def snakemake(work: Path, *args: str) -> tuple[float, str]:
-    """Run Snakemake in ``work``; (wall seconds, combined output)."""
-    t0 = time.perf_counter()
-    res = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"snakemake {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return wall, res.stdout + res.stderr
+    """Run the repository's Snakefile on the workspace ``work``; (wall seconds, combined output)."""
+    return run_snakemake(["--snakefile", str(REPO / "Snakefile"), "--directory", str(work)], args)
 
 
 def job_count(output: str) -> int:
@@ -187,8 +175,7 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="build the workspace here and keep it")
     args = parser.parse_args()
 
-    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="cxrbench-dagscale-"))
-    try:
+    with scratch_dir(args.keep, prefix="cxrbench-dagscale-") as tmp:
         t0 = time.perf_counter()
         base, n_base = workspace(tmp / "baseline", args.scale * 0.01)
         work, n_images = workspace(tmp / "full", args.scale)
@@ -214,9 +201,6 @@ def main() -> int:
         ok = full_dry <= args.limit and noop <= args.limit
         print(f"limit {args.limit:.0f} s: {'PASS' if ok else 'FAIL'}")
         return 0 if ok else 1
-    finally:
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import yaml
+from _common import run_snakemake, scratch_dir
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
@@ -120,13 +118,7 @@ def in_process(root: Path, members: list[Path]) -> dict[str, float]:
 
 def snakemake(work: Path, *args: str) -> tuple[float, str]:
     """Run Snakemake in ``work``; (wall seconds, combined output)."""
-    t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", "Snakefile", "--cores", "1", *args],
-                         cwd=work, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"snakemake {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return wall, res.stdout + res.stderr
+    return run_snakemake(["-s", "Snakefile", "--cores", "1"], args, cwd=work)
 
 
 def snakemake_timings(work: Path) -> dict[str, float]:
@@ -154,8 +146,7 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="build the workspaces here and keep them")
     args = parser.parse_args()
 
-    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="cxrbench-shardfp-"))
-    try:
+    with scratch_dir(args.keep, prefix="cxrbench-shardfp-") as tmp:
         t0 = time.perf_counter()
         n_base = max(1, args.images // 100)
         base_members = workspace(tmp / "baseline", n_base, args.shard_size)
@@ -179,9 +170,6 @@ def main() -> int:
         ok = full["noop"] <= args.limit and full["dry"] <= args.limit
         print(f"limit {args.limit:.0f} s: {'PASS' if ok else 'FAIL'}")
         return 0 if ok else 1
-    finally:
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -167,14 +167,20 @@ def _checkpoint_epoch(work: Path) -> int:
         return 0
 
 
-@pytest.mark.slurm
-def test_requeued_job_resumes_from_its_checkpoint(tmp_path: Path) -> None:
-    """Preemption: SLURM requeues the running job (same job id); it continues where it stopped."""
+def _toy_job_past_epoch_2(tmp_path: Path) -> tuple[Path, subprocess.Popen, str]:
+    """The 6-epoch toy job running under SLURM with 2 epochs checkpointed: (workdir, Snakemake, job id)."""
     _needs_slurm()
     work = _toy_workdir(tmp_path)
     proc = _start_resume_run(work, epochs=6, pause=1.5)
     wait_for(lambda: _checkpoint_epoch(work) >= 2, timeout=120, what="epoch 2 of the toy job")
     job_id = read_jsonl(work / "resume" / "starts.jsonl")[0]["slurm_job_id"]
+    return work, proc, job_id
+
+
+@pytest.mark.slurm
+def test_requeued_job_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """Preemption: SLURM requeues the running job (same job id); it continues where it stopped."""
+    work, proc, job_id = _toy_job_past_epoch_2(tmp_path)
     subprocess.run(["scontrol", "requeue", job_id], check=True)
     # SLURM holds a requeued job for ~2 minutes before it is eligible again; skip that wait.
     wait_for(lambda: scontrol_job(job_id)["JobState"] == "PENDING", timeout=60, what="the requeued job to pend")
@@ -192,11 +198,7 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path: Path) -> None:
 @pytest.mark.slurm
 def test_killed_job_is_retried_with_more_resources_and_resumes(tmp_path: Path) -> None:
     """A job SLURM cancels (time limit, admin, node loss) fails; Snakemake's retry resumes it."""
-    _needs_slurm()
-    work = _toy_workdir(tmp_path)
-    proc = _start_resume_run(work, epochs=6, pause=1.5)
-    wait_for(lambda: _checkpoint_epoch(work) >= 2, timeout=120, what="epoch 2 of the toy job")
-    job_id = read_jsonl(work / "resume" / "starts.jsonl")[0]["slurm_job_id"]
+    work, proc, job_id = _toy_job_past_epoch_2(tmp_path)
     subprocess.run(["scancel", job_id], check=True)
     _finish(proc, work)
     starts = read_jsonl(work / "resume" / "starts.jsonl")

@@ -19,8 +19,14 @@ DATASETS = list(config["datasets"])
 INITS = list(config["initialisations"])
 VARIANT = Layout.variant(config["preprocess"]["mode"], config["preprocess"]["size"])
 # Rules run the package from this checkout; PYTHONPATH is set inline because Snakemake strips it from
-# the environment of conda jobs, and this also works without `pip install`.
-CXRBENCH = "PYTHONPATH={} python -m cxrbench.cli".format(shlex.quote(str(Path(workflow.basedir) / "workflow")))
+# the environment of conda jobs, and this also works without `pip install`. Without conda the jobs use
+# the interpreter running Snakemake (a venv need not be activated); with --sdm conda, the env's python.
+from snakemake.settings.types import DeploymentMethod
+
+_PYTHON = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
+CXRBENCH = "PYTHONPATH={} {} -m cxrbench.cli".format(
+    shlex.quote(str(Path(workflow.basedir) / "workflow")), shlex.quote(_PYTHON)
+)
 
 
 wildcard_constraints:

@@ -28,6 +28,7 @@ __all__ = [
     "TOKEN_SEPARATOR",
     "VIEWS",
     "DatasetFormatError",
+    "check_present",
     "check_unique",
     "finish_index",
     "map_values",
@@ -253,6 +254,14 @@ def map_values(
     if not allow_missing and keys.isna().any():
         raise _first_bad(keys.isna().to_numpy(), values, path, column, "value is missing")
     return out.to_numpy(dtype=object, na_value=None)
+
+
+def check_present(df: pd.DataFrame, columns: Iterable[str], *, path: Path | str) -> None:
+    """A missing value in any of ``columns`` (checked in order) is an error naming its first row."""
+    for column in columns:
+        missing = df[column].isna().to_numpy()
+        if missing.any():
+            raise DatasetFormatError(f"{row_ref(path, int(np.flatnonzero(missing)[0]), column)}: value is missing")
 
 
 def check_unique(ids: pd.Series, *, path: Path | str, column: str) -> None:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from cxrbench.datasets._io import (
     DatasetFormatError,
+    check_present,
     check_unique,
     finish_index,
     map_values,
@@ -63,10 +64,7 @@ def read(root: Path, settings: dict[str, Any]) -> pd.DataFrame:
     if missing_optional:
         raise DatasetFormatError(f"{path}: missing configured column(s) {missing_optional}")
     check_unique(df[cols["image_id"]], path=path, column=cols["image_id"])
-    for role in ("image_id", "path"):
-        if df[cols[role]].isna().any():
-            pos = int(np.flatnonzero(df[cols[role]].isna().to_numpy())[0])
-            raise DatasetFormatError(f"{path}: data row {pos + 1}, column {cols[role]!r}: value is missing")
+    check_present(df, [cols["image_id"], cols["path"]], path=path)
     ids = df[cols["image_id"]].to_numpy(dtype=object)
     base: dict[str, Any] = {
         "image_id": ids,

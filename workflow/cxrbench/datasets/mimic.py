@@ -16,6 +16,7 @@ import pandas as pd
 
 from cxrbench.datasets._io import (
     DatasetFormatError,
+    check_present,
     check_unique,
     finish_index,
     map_values,
@@ -44,9 +45,7 @@ def _ids(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
     """Subject and study ids must be integers (they build the image path)."""
     for col in columns:
         parse_numeric(df[col], path=path, column=col, integer=True)
-        if df[col].isna().any():
-            pos = int(np.flatnonzero(df[col].isna().to_numpy())[0])
-            raise DatasetFormatError(f"{row_ref(path, pos, col)}: value is missing")
+        check_present(df, [col], path=path)
 
 
 def read(root: Path, settings: dict[str, Any]) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.datasets._io import (
-    DatasetFormatError,
+    check_present,
     check_unique,
     finish_index,
     map_values,
@@ -70,10 +70,7 @@ def read(root: Path, settings: dict[str, Any]) -> pd.DataFrame:
     (path,) = label_files(root, settings["dataset"])
     df = read_csv(path, _COLUMNS)
     check_unique(df["ImageID"], path=path, column="ImageID")
-    for col in ("ImageID", "ImageDir", "PatientID"):
-        if df[col].isna().any():
-            pos = int(np.flatnonzero(df[col].isna().to_numpy())[0])
-            raise DatasetFormatError(f"{path}: data row {pos + 1}, column {col!r}: value is missing")
+    check_present(df, ["ImageID", "ImageDir", "PatientID"], path=path)
     vocab = native_vocabulary("padchest")
     tokens = parse_token_lists(df["Labels"], split=_split_labels, vocabulary=vocab, path=path, column="Labels")
     empty = tokens.fillna("").eq("").to_numpy()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.datasets._io import (
-    DatasetFormatError,
+    check_present,
     check_unique,
     finish_index,
     native_vocabulary,
@@ -44,10 +44,7 @@ def read(root: Path, settings: dict[str, Any]) -> pd.DataFrame:
     graded = [c for c in vocab if c != "healthy"]
     df = read_csv(path, ["image_id", "split", "subset", "subject_id", *vocab], optional=["age", "patient_sex"])
     check_unique(df["image_id"], path=path, column="image_id")
-    for col in ("image_id", "subject_id", "subset"):
-        if df[col].isna().any():
-            pos = int(np.flatnonzero(df[col].isna().to_numpy())[0])
-            raise DatasetFormatError(f"{path}: data row {pos + 1}, column {col!r}: value is missing")
+    check_present(df, ["image_id", "subject_id", "subset"], path=path)
     raw: dict[str, Any] = {}
     grades = {}
     for col in graded:

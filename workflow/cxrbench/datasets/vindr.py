@@ -23,6 +23,7 @@ import pandas as pd
 
 from cxrbench.datasets._io import (
     DatasetFormatError,
+    check_present,
     finish_index,
     native_vocabulary,
     parse_tristate,
@@ -72,9 +73,7 @@ def _read_image_labels(path: Path, adapter: str) -> tuple[pd.DataFrame, list[str
     labels = [c for c in df.columns if c not in _ID_COLUMNS]
     for label in labels:
         df[label] = np.nan_to_num(parse_tristate(df[label], path=path, column=label, allowed=(0.0, 1.0)), nan=0.0)
-    if df["image_id"].isna().any():
-        pos = int(np.flatnonzero(df["image_id"].isna().to_numpy())[0])
-        raise DatasetFormatError(f"{path}: data row {pos + 1}, column 'image_id': value is missing")
+    check_present(df, ["image_id"], path=path)
     return df, labels
 
 

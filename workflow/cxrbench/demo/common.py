@@ -31,6 +31,7 @@ from cxrbench.demo.phantom import Anatomy, Finding, render
 
 __all__ = [
     "DATASET_CODES",
+    "FIXED_IDENTIFIERS",
     "DicomImage",
     "Identifiers",
     "LabelSpec",
@@ -58,6 +59,11 @@ DATASET_CODES: dict[str, int] = {"vindr": 1, "chestxray14": 2, "chexpert": 3, "m
 # Findings whose side matters for drawing; the others are drawn where the phantom puts them.
 _LATERALISED = {"pleural_effusion", "pneumothorax", "atelectasis", "opacity", "consolidation", "nodule", "mass",
                 "pleural_thickening", "fracture", "calcification"}
+
+# Identifying values every demo DICOM carries (see :func:`write_dicom`); writers register them once.
+REFERRER = "FAKE^REFERRER"
+INSTITUTION = "FAKE DEMO HOSPITAL"
+FIXED_IDENTIFIERS = (REFERRER, INSTITUTION)
 
 CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
 DX_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray Image Storage - For Presentation
@@ -238,8 +244,8 @@ def write_dicom(path: Path, img: np.ndarray, meta: DicomImage) -> None:
     ds.SeriesDate = meta.study_date
     ds.StudyTime = "101500"
     ds.AccessionNumber = meta.accession
-    ds.ReferringPhysicianName = "FAKE^REFERRER"
-    ds.InstitutionName = "FAKE DEMO HOSPITAL"
+    ds.ReferringPhysicianName = REFERRER
+    ds.InstitutionName = INSTITUTION
     ds.PatientName = meta.patient_name
     ds.PatientID = meta.patient_id
     ds.PatientBirthDate = meta.birth_date

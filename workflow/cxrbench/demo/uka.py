@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.demo.common import (
+    FIXED_IDENTIFIERS,
     DicomImage,
     Identifiers,
     allocate_images,
@@ -118,5 +119,5 @@ def write(root: Path, *, seed: int, n_images: int, identifiers: Identifiers) -> 
             index += 1
     df = pd.DataFrame(rows, columns=COLUMNS).sort_values("image_id", kind="stable")
     write_csv(df, root / "master_list.csv")
-    identifiers.add("FAKE^REFERRER", "FAKE DEMO HOSPITAL")
+    identifiers.add(*FIXED_IDENTIFIERS)
     return {"images": len(df), "patients": len(subjects), "test_images": int((df["split"] == "test").sum())}

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.demo.common import (
+    FIXED_IDENTIFIERS,
     DicomImage,
     Identifiers,
     LabelSpec,
@@ -148,6 +149,6 @@ def write(root: Path, *, seed: int, n_images: int, identifiers: Identifiers) -> 
     write_csv(pd.DataFrame(test_rows, columns=TEST_COLUMNS), ann / "image_labels_test.csv")
     write_csv(pd.DataFrame(train_boxes, columns=BOX_COLUMNS), ann / "annotations_train.csv")
     write_csv(pd.DataFrame(test_boxes, columns=BOX_COLUMNS), ann / "annotations_test.csv")
-    identifiers.add("FAKE^REFERRER", "FAKE DEMO HOSPITAL")
+    identifiers.add(*FIXED_IDENTIFIERS)
     return {"images": n_images, "train_images": n_images - n_test, "test_images": n_test,
             "train_label_rows": len(train_rows)}
