@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "slurm"))
-from demo_run import completed_demo, snakemake  # noqa: E402
-
-from cxrbench.archive_verify import verify_archive  # noqa: E402
+from cxrbench.archive_verify import verify_archive
+from demo_run import completed_demo, snakemake
 
 pytestmark = pytest.mark.slow
 
