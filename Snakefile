@@ -6,7 +6,12 @@ from snakemake.utils import min_version
 min_version("9.12")
 
 
-configfile: "config.yaml"
+# The shipped demo config.yaml is read only when no --configfile is named: a named file stands alone on the
+# schema defaults, so it never inherits the demo's datasets or initialisations. --config overrides apply
+# on top of either (Snakemake re-applies them after this file; README, "Configuration").
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cxrbench.config import REPO_ROOT, ConfigError, load_config, load_schema, validate_config
+from cxrbench.config import REPO_ROOT, ConfigError, is_demo_dataset, load_config, load_schema, validate_config
 
 
 @pytest.fixture()
@@ -91,3 +91,11 @@ def test_snakemake_rejects_bad_config_at_parse_time(demo_config: dict, tmp_path:
     assert proc.returncode != 0
     assert "'lrr'" in proc.stdout + proc.stderr
     assert "training" in proc.stdout + proc.stderr
+
+
+def test_missing_root_outside_the_demo_is_rejected_while_demo_is_on(demo_config: dict, tmp_path: Path) -> None:
+    """Only roots under demo.root are written by the demo; any other dataset must exist at parse time."""
+    demo_config["datasets"]["mine"] = {"adapter": "chestxray14", "root": str(tmp_path / "absent")}
+    with pytest.raises(ConfigError, match=r"datasets\.mine\.root"):
+        validate_config(demo_config)
+    assert is_demo_dataset(demo_config, "vindr") and not is_demo_dataset(demo_config, "mine")

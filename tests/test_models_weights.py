@@ -15,7 +15,7 @@ import yaml
 from cxrbench.cli import main as cxrbench_main
 from cxrbench.config import REPO_ROOT, ConfigError, validate_config
 from cxrbench.models import hub
-from cxrbench.models.factory import build_model, data_config, sha256_file
+from cxrbench.models.factory import IncompleteWeights, build_model, data_config, sha256_file
 from cxrbench.models.registry import (
     InitSpec,
     WeightsMissing,
@@ -203,3 +203,45 @@ def test_weights_check_and_fetch_commands(
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(RuntimeError, match="unset it"):
         hub.fetch(TAG, hf_home=tmp_path / "x")
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_truncated_weight_file_stops_naming_the_keys(source: torch.nn.Module, tmp_path: Path, fmt: str) -> None:
+    """timm loads non-strictly when the head is replaced: without the check these layers would stay random."""
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith("blocks.11.") and k != "norm.weight"}
+    path = tmp_path / f"w.{fmt}"
+    if fmt == "safetensors":
+        save_file(state, path)
+    else:
+        torch.save({"epoch": 3, "state_dict": state}, path)
+    spec = InitSpec(name="in21k", model=TAG, source="file", file=str(path))
+    with pytest.raises(IncompleteWeights, match=r"missing \(13\): blocks\.11\.attn\.proj\.bias") as err:
+        build_model(spec, num_classes=3, img_size=32, hf_home=tmp_path)
+    assert "norm.weight" in str(err.value) and str(path) in str(err.value) and "head." not in str(err.value)
+
+
+def test_unexpected_key_stops_and_head_alone_may_differ(source: torch.nn.Module, tmp_path: Path) -> None:
+    hf_home = hf_cache(tmp_path / "hf", source)
+    spec = InitSpec(name="in21k", model=TAG, source="hub")
+    build_model(spec, num_classes=3, img_size=32, hf_home=hf_home)  # a foreign head is dropped, not an error
+    state = {**source.state_dict(), "blocks.12.mlp.fc1.weight": torch.zeros(1)}
+    save_file(state, locate_weights(spec, hf_home=hf_home))
+    with pytest.raises(IncompleteWeights, match=r"unexpected \(1\): blocks\.12\.mlp\.fc1\.weight"):
+        build_model(spec, num_classes=3, img_size=32, hf_home=hf_home)
+
+
+def test_truncated_pipeline_checkpoint_stops(tmp_path: Path) -> None:
+    pre = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32).state_dict()
+    del pre["blocks.0.norm1.bias"]
+    spec = InitSpec(name="mimic_sl", model="vit_tiny_patch16_224", source="pipeline", pretrain_dataset="mimic",
+                    pretrain_init="random", transfer="backbone")
+    with pytest.raises(IncompleteWeights, match=r"missing \(1\): blocks\.0\.norm1\.bias"):
+        build_model(spec, num_classes=3, img_size=32, hf_home=tmp_path, pipeline_state=pre)
+
+
+def test_token_checkpoint_into_avg_pooling_moves_the_final_norm(source: torch.nn.Module, tmp_path: Path) -> None:
+    save_file(source.state_dict(), tmp_path / "w.safetensors")
+    spec = InitSpec(name="in21k", model=TAG, source="file", file=str(tmp_path / "w.safetensors"), pooling="avg")
+    model = build_model(spec, num_classes=3, img_size=64, hf_home=tmp_path)
+    assert torch.equal(model.fc_norm.weight, source.norm.weight) and torch.equal(model.fc_norm.bias, source.norm.bias)
+    assert torch.equal(model.blocks[11].mlp.fc2.weight, source.blocks[11].mlp.fc2.weight)

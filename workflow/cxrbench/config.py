@@ -21,7 +21,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 RESOURCES = REPO_ROOT / "resources"
 
-__all__ = ["REPO_ROOT", "RESOURCES", "ConfigError", "load_config", "load_schema", "validate_config"]
+__all__ = [
+    "REPO_ROOT",
+    "RESOURCES",
+    "ConfigError",
+    "is_demo_dataset",
+    "load_config",
+    "load_schema",
+    "validate_config",
+]
 
 
 class ConfigError(ValueError):
@@ -113,13 +121,22 @@ def _check_references(config: dict[str, Any]) -> None:
     ref = config["evaluation"].get("reference_init")
     if ref is not None and ref not in inits:
         raise ConfigError(f"config key 'evaluation.reference_init': {ref!r} is not a configured initialisation")
-    demo = config["demo"]["enabled"]
     for name, ds in datasets.items():
         root = Path(ds["root"])
-        if not demo and not root.is_dir():
+        if not is_demo_dataset(config, name) and not root.is_dir():
             raise ConfigError(f"config key 'datasets.{name}.root': folder {str(root)!r} does not exist")
         if ds["adapter"] == "generic_csv" and "columns" not in ds:
             raise ConfigError(f"config key 'datasets.{name}.columns' is required for adapter 'generic_csv'")
+
+
+def is_demo_dataset(config: dict[str, Any], name: str) -> bool:
+    """True when dataset ``name`` is written by the demo: the demo is enabled and its root lies under ``demo.root``.
+
+    Only such a root may be absent at parse time (the ``demo_data`` rule creates it); every other root must exist.
+    """
+    demo = config["demo"]
+    root = Path(config["datasets"][name]["root"]).resolve()
+    return bool(demo["enabled"]) and root.is_relative_to(Path(demo["root"]).resolve())
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

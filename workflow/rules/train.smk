@@ -2,16 +2,13 @@
 # pre-training jobs whose best checkpoint initialises its runs (docs/training.md).
 from cxrbench.models.registry import check_all as _weights_problems
 from cxrbench.models.registry import init_spec as _init_spec
+from cxrbench.models.registry import locate_weights as _locate_weights
+from cxrbench.models.registry import weights_problem as _weights_problem
 from cxrbench.training.settings import pretrain_run_dir as _pretrain_run_dir
 from cxrbench.training.settings import pretrain_settings as _pretrain_settings
 from cxrbench.training.settings import pretrain_target as _pretrain_target
 from cxrbench.training.settings import run_settings as _run_settings
 from cxrbench.training.settings import train_runs as _train_runs
-
-# Missing hub/file weights fail here, at parse time, before any job runs (message: fetch command + path).
-_problems = _weights_problems(config)
-if _problems:
-    raise WorkflowError("Pretrained weights are missing:\n" + "\n".join(_problems))
 
 # (init, dataset) pairs that are trained; a pipeline init on its own pre-training dataset is not an arm.
 TRAIN_RUNS = _train_runs(config)
@@ -38,9 +35,29 @@ def _data_inputs(ds: str) -> dict:
     return out
 
 
+def _weights_input(init: str) -> dict:
+    """The hub/file weight file of ``init`` as a job input; stops the workflow if it is not on disk.
+
+    Weights are checked here, in the input functions of the two rules that load them, not while the
+    Snakefile parses: Snakemake evaluates input functions only for jobs in the plan, and for all of them
+    while it builds the DAG, so labels, preprocessing and caches can be built before the weights arrive,
+    while a plan with training still fails before any job starts. A plain missing-input error would only
+    name the file; this one carries the fetch command. As an input, replaced weights rerun the job.
+    """
+    spec = _init_spec(config, init)
+    if spec.source not in ("hub", "file"):
+        return {}
+    hf_home = config["weights"]["hf_home"]
+    if _weights_problem(spec, hf_home=hf_home):
+        # every missing weight of the config at once, so one fetch round fixes the plan
+        raise WorkflowError("Pretrained weights are missing:\n" + "\n".join(_weights_problems(config)))
+    return {"weights": str(_locate_weights(spec, hf_home=hf_home))}
+
+
 def _train_inputs(w) -> dict:
     out = _data_inputs(w.ds)
     spec = _init_spec(config, w.init)
+    out.update(_weights_input(w.init))
     if spec.source == "pipeline":
         out["init_checkpoint"] = str(_pretrain_run_dir(LAYOUT, spec, _pretrain_target(spec, w.ds)) / "best.pt")
     return out
@@ -49,6 +66,7 @@ def _train_inputs(w) -> dict:
 def _pretrain_inputs(w) -> dict:
     spec = _init_spec(config, w.init)
     out = _data_inputs(spec.pretrain_dataset)
+    out.update(_weights_input(spec.pretrain_init))
     if w.scope != "all-labels":
         out["target_labels"] = str(LAYOUT.labels(w.scope.removeprefix("for-")))
     return out

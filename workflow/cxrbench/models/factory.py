@@ -20,7 +20,7 @@ from cxrbench.models.registry import InitSpec, WeightsMissing, locate_weights, w
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["build_model", "data_config", "sha256_file"]
+__all__ = ["IncompleteWeights", "build_model", "check_loaded_keys", "data_config", "sha256_file"]
 
 
 def sha256_file(path: str | Path, *, chunk: int = 1 << 22) -> str:
@@ -68,6 +68,8 @@ def build_model(
 
     Raises:
         WeightsMissing: hub/file weights are not on disk (message with the fetch command).
+        IncompleteWeights: the weights leave a layer other than the classifier uninitialised, or carry keys
+            the model does not have (names them).
         ValueError: a pipeline initialisation without ``pipeline_state``.
     """
     kwargs: dict[str, Any] = {"num_classes": num_classes, "img_size": img_size}
@@ -81,20 +83,23 @@ def build_model(
         problem = weights_problem(spec, hf_home=hf_home)
         if problem:
             raise WeightsMissing(problem)
-        if spec.source == "file":
-            # custom_load=True sends the file to the model's own loader (Google .npz); always explicit,
-            # because its default changed between timm releases (ecosystem.md §C).
-            overlay.update(file=str(spec.file), custom_load=Path(spec.file).suffix == ".npz")
+        if spec.source == "hub":
+            hub.enable_offline(Path(hf_home))
+        path = locate_weights(spec, hf_home=hf_home)
+        if path.suffix == ".npz":
+            # custom_load=True sends the file to the model's own loader (Google .npz), which reads every
+            # array by name and fails on a missing one; always explicit, because its default changed
+            # between timm releases (ecosystem.md §C).
+            overlay.update(file=str(path), custom_load=True)
             model = _create(spec.model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
         else:
-            hub.enable_offline(Path(hf_home))
-            model = _create(
-                spec.model,
-                pretrained=True,
-                pretrained_cfg_overlay=overlay,
-                cache_dir=str(hub.cache_dir(Path(hf_home))),
-                **kwargs,
-            )
+            # Read once here and hand timm the state dict, so the keys checked are exactly those it loads.
+            import timm.models
+
+            state = timm.models.load_state_dict(str(path))
+            overlay.update(state_dict=state, custom_load=False)
+            model = _create(spec.model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+            check_loaded_keys(model, state, head=_classifier_keys(spec.model), source=str(path))
     elif spec.source == "pipeline":
         if pipeline_state is None:
             raise ValueError(f"initialisation {spec.name!r}: source 'pipeline' needs the pre-trained state dict")
@@ -102,10 +107,12 @@ def build_model(
         # it keeps the new head's default init and loads everything else. With keep_head the counts match and
         # timm loads strictly, head included.
         overlay.update(state_dict=dict(pipeline_state), num_classes=num_classes if keep_head else 0, custom_load=False)
+        head = _classifier_keys(spec.model)
         if not keep_head:
-            head = _classifier_keys(spec.model)
             overlay["state_dict"] = {k: v for k, v in pipeline_state.items() if k.rsplit(".", 1)[0] not in head}
         model = _create(spec.model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        source = f"the pre-trained checkpoint of {spec.pretrain_init!r}"
+        check_loaded_keys(model, pipeline_state, head=head, source=source)
     else:
         raise ValueError(f"initialisation {spec.name!r}: unknown source {spec.source!r}")
     _logger.info(
@@ -118,6 +125,61 @@ def build_model(
         sum(p.numel() for p in model.parameters()) / 1e6,
     )
     return model
+
+
+class IncompleteWeights(RuntimeError):
+    """A weight file does not cover the network: layers would stay random while the run reports pretrained."""
+
+
+# Renames applied after timm's checkpoint filter: an avg-pooled ViT normalises the pooled features with
+# `fc_norm` where a token-pooled checkpoint has the final `norm` (the same LayerNorm, moved after pooling).
+_POOLING_RENAMES = {"norm.weight": "fc_norm.weight", "norm.bias": "fc_norm.bias"}
+
+
+def check_loaded_keys(model: nn.Module, state: dict[str, torch.Tensor], *, head: set[str], source: str) -> None:
+    """Stop unless ``state`` covers every parameter and buffer of ``model`` except the classifier ``head``.
+
+    timm loads pretrained weights non-strictly whenever the class count differs (always, for a new head) and
+    only logs missing keys, so a truncated file would leave layers at random init. The check replays the
+    architecture's own timm checkpoint filter (format conversion, position-embedding resampling), applies
+    the documented renames (:data:`_POOLING_RENAMES`, loaded into the model here), and then compares keys.
+
+    Raises:
+        IncompleteWeights: naming the missing and the unexpected keys and the weight source.
+    """
+    import sys
+
+    expected = set(model.state_dict())
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    given = filter_fn(dict(state), model) if filter_fn is not None else dict(state)
+    renamed = {
+        new: given.pop(old)
+        for old, new in _POOLING_RENAMES.items()
+        if old in given and old not in expected and new in expected and new not in given
+    }
+    if renamed:
+        model.load_state_dict(renamed, strict=False)
+        given.update(renamed)
+
+    def outside_head(key: str) -> bool:
+        return key.rsplit(".", 1)[0] not in head
+
+    missing = sorted(k for k in expected - set(given) if outside_head(k))
+    unexpected = sorted(k for k in set(given) - expected if outside_head(k))
+    if missing or unexpected:
+        lines = [f"weights from {source} do not fit {type(model).__name__} (only the classifier may differ):"]
+        if missing:
+            lines.append(f"  missing ({len(missing)}): {_abbreviate(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected ({len(unexpected)}): {_abbreviate(unexpected)}")
+        lines.append("  Is the file complete and made for this architecture (initialisations.<name>.model)?")
+        raise IncompleteWeights("\n".join(lines))
+
+
+def _abbreviate(keys: list[str], limit: int = 30) -> str:
+    """The keys, comma-separated; a long list is cut after ``limit`` with the count of the rest."""
+    shown = ", ".join(keys[:limit])
+    return shown if len(keys) <= limit else f"{shown}, ... and {len(keys) - limit} more"
 
 
 def _classifier_keys(model: str) -> set[str]:
