@@ -2,13 +2,15 @@
 
 Every pretrained source goes through timm's own pretrained machinery (``create_model(pretrained=True,
 pretrained_cfg_overlay=...)``), so the model's checkpoint filter converts foreign formats (e.g. Meta DINOv2),
-resamples position embeddings to ``img_size`` and drops a classifier whose size does not match.
+resamples position embeddings to ``img_size`` and drops a classifier whose size does not match. timm then
+loads non-strictly, so :func:`check_loaded_keys` verifies that the weights covered everything but the head.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +149,6 @@ def check_loaded_keys(model: nn.Module, state: dict[str, torch.Tensor], *, head:
     Raises:
         IncompleteWeights: naming the missing and the unexpected keys and the weight source.
     """
-    import sys
-
     expected = set(model.state_dict())
     filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
     given = filter_fn(dict(state), model) if filter_fn is not None else dict(state)
