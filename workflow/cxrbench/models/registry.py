@@ -7,8 +7,9 @@ An initialisation is data, not code: a timm model name (optionally ``arch.tag``)
 * ``pipeline`` -- the best checkpoint of this workflow's supervised pre-training rule;
 * ``none``     -- random initialisation.
 
-This module imports neither torch nor timm at import time, so the Snakefile can run
-:func:`weights_problem` for every initialisation while it parses (missing weights fail before any job runs).
+This module imports neither torch nor timm at import time, so the workflow can run :func:`weights_problem`
+while it builds the plan, for the initialisations its training jobs load (missing weights fail before any
+job runs).
 """
 
 from __future__ import annotations
