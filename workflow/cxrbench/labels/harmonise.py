@@ -34,6 +34,8 @@ __all__ = [
 
 DEFAULT_VIEWS = ("PA", "AP", "AP_SUPINE")
 UNCERTAINTY = ("u_zeros", "u_ones", "u_ignore")
+# labels.padchest_drop item -> the PadChest adapter's exclude_reason it drops (the study kept both kinds)
+PADCHEST_DROP = {"empty": "labels_empty", "exclude": "source_marked_exclude"}
 
 
 class HarmoniseError(ValueError):
@@ -126,7 +128,8 @@ def harmonise(
 
     ``exists(source_paths) -> bool array`` checks images on disk; None skips the check (tests on
     label files without images). Every dropped row is counted under one reason, first match wins:
-    the adapter's ``exclude_reason``, ``view_not_kept``, ``uncertain_in_drop_set``, ``image_missing``.
+    the adapter's ``exclude_reason`` (PadChest's empty / ``exclude`` rows only when ``labels.padchest_drop``
+    names them), ``view_not_kept``, ``uncertain_in_drop_set``, ``image_missing``.
     """
     name = settings["name"]
     entry = settings["dataset"]
@@ -147,6 +150,10 @@ def harmonise(
 
     n = len(index)
     reason = index["exclude_reason"].to_numpy(dtype=object, na_value=None).copy()
+    if adapter == "padchest":
+        dropped = set(lab.get("padchest_drop", list(PADCHEST_DROP)))
+        kept_anyway = [r for item, r in PADCHEST_DROP.items() if item not in dropped]
+        reason[pd.Series(reason, dtype=object).isin(kept_anyway).to_numpy()] = None
     keep_views = entry.get("views", list(DEFAULT_VIEWS))
     free = pd.isna(reason)
     reason[free & ~index["view"].isin(keep_views).to_numpy()] = "view_not_kept"
