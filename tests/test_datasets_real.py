@@ -174,6 +174,16 @@ def test_padchest_counts_exclusions_and_exact_tokens(padchest) -> None:
     _no_overlap(y)
 
 
+def test_padchest_removing_images_moves_no_other(padchest) -> None:
+    """Issue 10 section 6: removing 100 PadChest images used to move 9 surviving images to another split."""
+    ref, idx, h = padchest
+    gone = np.random.default_rng(0).choice(len(idx), 100, replace=False)
+    fewer = harmonise(idx.drop(index=idx.index[gone]).reset_index(drop=True),
+                      _settings("padchest", Path("/unused"), label_set="study_padchest")).labels
+    before, after = h.labels.set_index("image_id")["split"], fewer.set_index("image_id")["split"]
+    assert len(after) > len(before) - 100 and (before.loc[after.index] == after).all()
+
+
 def test_padchest_keep_empty_and_exclude_as_the_study(padchest) -> None:
     ref, idx, h = padchest
     s = _settings("padchest", Path("/unused"), label_set="study_padchest")

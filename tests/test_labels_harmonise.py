@@ -14,6 +14,7 @@ from cxrbench.labels import HarmoniseError, LabelsSchemaError, SplitError, harmo
 from cxrbench.labels.harmonise import apply_uncertainty, combine_sources, existing_files
 from cxrbench.labels.splits import assign_splits, check_disjoint
 from test_datasets_fixtures import (
+    CHEX_LABELS,
     chexpert_row,
     nih_rows,
     padchest_row,
@@ -163,6 +164,23 @@ def test_official_test_kept_and_study_resplit() -> None:
     assert set(source[split == "test"]) == {"official"} and set(source[split == "val"]) == {"derived"}
     split2, _ = assign_splits(df, seed=1, name="x", test_fraction=0.2, val_fraction=0.1, use_official_test=False)
     assert not np.array_equal(split2 == "test", official == "test")
+
+
+def test_official_test_set_excluded_entirely_is_an_error(tmp_path: Path) -> None:
+    """CheXpert test.csv without view columns: frontal images get view OTHER, which the default views drop;
+    that must not silently turn into a test set derived from training images."""
+    write_chexpert(tmp_path, [chexpert_row("train", i, 1, "view1_frontal", "Frontal", "PA") for i in range(1, 9)],
+                   [chexpert_row("valid", 20, 1, "view1_frontal", "Frontal", "AP")])
+    test = pd.DataFrame([chexpert_row("test", 30 + i, 1, "view1_frontal", "Frontal", "PA", Cardiomegaly=i % 2)
+                         for i in range(4)], columns=["Path", *CHEX_LABELS])  # no Sex/Age/view columns
+    test.to_csv(tmp_path / "test.csv", index=False)
+    s = settings("chexpert", tmp_path, label_set=["cardiomegaly"])
+    idx = build_index(s)
+    with pytest.raises(HarmoniseError, match=r"all 4 official test images are excluded \({'view_not_kept': 4}\)"):
+        harmonise(idx, s)
+    s["dataset"]["views"] = ["PA", "AP", "AP_SUPINE", "OTHER"]
+    y = harmonise(idx, s).labels
+    assert (y["split"] == "test").sum() == 4 and set(y.loc[y["split"] == "test", "split_source"]) == {"official"}
 
 
 def test_patient_overlap_fails_hard(tmp_path: Path) -> None:
