@@ -353,7 +353,7 @@ def test_padchest_tokens_views_and_exclusions(tmp_path: Path) -> None:
     assert list(idx["source_tokens"].fillna("<NA>")) == ["cardiomegaly|pleural effusion"] * 2 + [
         "normal", "exclude", "<NA>", ""]
     assert list(idx["exclude_reason"].fillna("")) == ["", "", "", "source_marked_exclude", "labels_missing",
-                                                      "labels_missing"]
+                                                      "labels_empty"]
     assert idx["source_path"].iloc[2] == f"2/{2:035d}_ab12cd.png"
     assert idx["age_years"].iloc[0] == 2013 - 1941
     assert idx["patient_id"].iloc[0] == f"{1:035d}"  # long ids stay strings

@@ -34,6 +34,19 @@ def _gunzip(src: Path, dst: Path) -> None:
         shutil.copyfileobj(fi, fo)
 
 
+def _share_near(labels: pd.DataFrame, split: str, fraction: float, pool: pd.Series | None = None) -> None:
+    """The image share of ``split`` (within ``pool``) is within 4 standard deviations of ``fraction``.
+
+    Each patient is drawn on its own with probability ``fraction`` (labels/splits.py), so the image share
+    has standard deviation sqrt(f (1 - f) sum n_i^2) / N for patients with n_i images.
+    """
+    rows = labels if pool is None else labels[pool]
+    n = rows.groupby("patient_id").size().to_numpy(dtype=float)
+    sd = np.sqrt(fraction * (1 - fraction) * (n**2).sum()) / n.sum()
+    share = (rows["split"] == split).mean()
+    assert abs(share - fraction) < 4 * sd, (split, share, fraction, sd)
+
+
 def _no_overlap(labels: pd.DataFrame) -> None:
     assert labels.groupby("patient_id")["split"].nunique().max() == 1
     check_disjoint(labels["patient_id"], labels["split"], where="test")
@@ -68,8 +81,7 @@ def test_nih_counts_prevalence_and_splits(nih) -> None:
     assert y["y_pleural_effusion"].sum() == tokens["Effusion"]
     assert y["y_nodule"].sum() == tokens["Nodule"] and y["y_no_finding"].sum() == tokens["No Finding"]
     assert len(h.label_set) == 14 and "infiltration" not in h.label_set
-    val_share = (y["split"] == "val").sum() / (y["split"] != "test").sum()
-    assert abs(val_share - 0.1) < 0.005
+    _share_near(y, "val", 0.1, pool=y["split"] != "test")
     _no_overlap(y)
 
 
@@ -93,12 +105,17 @@ def test_chexpert_counts_views_and_policies(chexpert) -> None:
     y = h.labels
     assert len(y) == len(frontal)
     assert h.exclusions == {"view_not_kept": len(ref) - len(frontal)}
+    # issue 10 section 5: the study kept every `Frontal` row, 17 of which have AP/PA = LL / RL (view OTHER)
+    odd = (ref["Frontal/Lateral"] == "Frontal") & ref["AP/PA"].isin(["LL", "RL"])
+    assert odd.sum() == 17
+    as_study = harmonise(idx, {**s, "dataset": {**s["dataset"], "views": ["PA", "AP", "AP_SUPINE", "OTHER"]}})
+    assert len(as_study.labels) == (ref["Frontal/Lateral"] == "Frontal").sum() == len(frontal) + 17
     for finding, column in [("cardiomegaly", "Cardiomegaly"), ("pleural_effusion", "Pleural Effusion"),
                             ("lung_lesion", "Lung Lesion"), ("no_finding", "No Finding")]:
         assert y[f"y_{finding}"].sum() == (frontal[column] == 1.0).sum(), finding  # u_zeros, blank -> 0
         assert y[f"y_{finding}"].notna().all()
     # derived 80/20 (no official test in train.csv), patient-grouped
-    assert abs((y["split"] == "test").mean() - 0.2) < 0.002
+    _share_near(y, "test", 0.2)
     _no_overlap(y)
     s2 = {**s, "labels": {"uncertainty": "u_ignore", "drop_uncertain_in": ["cardiomegaly", "lung_opacity",
                                                                            "lung_lesion", "pneumonia", "edema"]}}
@@ -137,18 +154,47 @@ def test_padchest_counts_exclusions_and_exact_tokens(padchest) -> None:
     assert np.isnan(values["normal"][missing]).all() and not np.isnan(values["normal"][~missing]).any()
     frontal = ref["Projection"].isin(["PA", "AP", "AP_horizontal"])
     assert frontal.sum() == 110_633
-    empty = ref["tokens"].map(len) == 0
-    excluded = ref["tokens"].map(lambda t: "exclude" in t) & ~empty
-    assert h.exclusions == {"labels_missing": int(empty.sum()), "source_marked_exclude": int(excluded.sum()),
-                            "view_not_kept": int((~frontal & ~empty & ~excluded).sum())}
-    kept = ref[frontal & ~empty & ~excluded]
+    missing = ref["Labels"].isna()
+    empty = (ref["tokens"].map(len) == 0) & ~missing
+    excluded = ref["tokens"].map(lambda t: "exclude" in t) & ~empty & ~missing
+    # issue 10 section 5: the frontal rows the study kept and the default drops
+    assert (frontal & empty).sum() == (frontal & ref["Labels"].eq("['']")).sum() == 511
+    assert (frontal & excluded).sum() == 973
+    assert h.exclusions == {"labels_missing": int(missing.sum()), "labels_empty": int(empty.sum()),
+                            "source_marked_exclude": int(excluded.sum()),
+                            "view_not_kept": int((~frontal & ~empty & ~excluded & ~missing).sum())}
+    kept = ref[frontal & ~empty & ~excluded & ~missing]
     y = h.labels
     assert len(y) == len(kept) and len(h.label_set) == 17
     emph = kept["tokens"].map(lambda t: "emphysema" in t)
     assert y["y_emphysema"].sum() == emph.sum()  # exact: subcutaneous emphysema not counted
     nm = kept["tokens"].map(lambda t: bool(t & {"nodule", "multiple nodules", "pulmonary mass", "mass"}))
     assert y["y_nodule_or_mass"].sum() == nm.sum()
-    assert abs((y["split"] == "test").mean() - 0.2) < 0.002
+    _share_near(y, "test", 0.2)
+    _no_overlap(y)
+
+
+def test_padchest_removing_images_moves_no_other(padchest) -> None:
+    """Issue 10 section 6: removing 100 PadChest images used to move 9 surviving images to another split."""
+    ref, idx, h = padchest
+    gone = np.random.default_rng(0).choice(len(idx), 100, replace=False)
+    fewer = harmonise(idx.drop(index=idx.index[gone]).reset_index(drop=True),
+                      _settings("padchest", Path("/unused"), label_set="study_padchest")).labels
+    before, after = h.labels.set_index("image_id")["split"], fewer.set_index("image_id")["split"]
+    assert len(after) > len(before) - 100 and (before.loc[after.index] == after).all()
+
+
+def test_padchest_keep_empty_and_exclude_as_the_study(padchest) -> None:
+    ref, idx, h = padchest
+    s = _settings("padchest", Path("/unused"), label_set="study_padchest")
+    s["labels"]["padchest_drop"] = []
+    y = harmonise(idx, s).labels
+    frontal = ref["Projection"].isin(["PA", "AP", "AP_horizontal"])
+    assert len(y) == len(h.labels) + 511 + 973 == (frontal & ref["Labels"].notna()).sum()
+    empty = y["raw_Labels"].eq("['']")
+    assert empty.sum() == 511 and (y.loc[empty, [f"y_{f}" for f in h.label_set]] == 0).all().all()
+    only = dict(s, labels={"padchest_drop": ["exclude"]})
+    assert len(harmonise(idx, only).labels) == len(h.labels) + 511
     _no_overlap(y)
 
 

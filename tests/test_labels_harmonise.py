@@ -14,6 +14,7 @@ from cxrbench.labels import HarmoniseError, LabelsSchemaError, SplitError, harmo
 from cxrbench.labels.harmonise import apply_uncertainty, combine_sources, existing_files
 from cxrbench.labels.splits import assign_splits, check_disjoint
 from test_datasets_fixtures import (
+    CHEX_LABELS,
     chexpert_row,
     nih_rows,
     padchest_row,
@@ -113,11 +114,12 @@ def _frame(n_patients=300, seed=0):
 
 
 def test_derived_splits_deterministic_order_independent_and_disjoint() -> None:
-    df = _frame()
+    df = _frame(5000)
     kw = {"seed": 11, "name": "padchest", "test_fraction": 0.2, "val_fraction": 0.1, "use_official_test": True}
     split, source = assign_splits(df, **kw)
     assert set(source) == {"derived"}
     frac = pd.Series(split).value_counts(normalize=True)
+    # fractions hold in expectation; 0.02 is about 3 standard deviations of the image share at 5000 patients
     assert abs(frac["test"] - 0.2) < 0.02 and abs(frac["val"] - 0.08) < 0.02  # val = 10 % of the 80 % pool
     perm = np.random.default_rng(1).permutation(len(df))
     split_perm, _ = assign_splits(df.iloc[perm].reset_index(drop=True), **kw)
@@ -131,6 +133,28 @@ def test_derived_splits_deterministic_order_independent_and_disjoint() -> None:
     assert (other_name != split).any()
 
 
+@pytest.mark.parametrize("official", [False, True])
+def test_adding_or_removing_patients_moves_no_other(official: bool) -> None:
+    """A patient's split depends on (seed, name, its id) only (issue 10 section 6: removing 100 PadChest
+    images used to move 9 surviving images to another split)."""
+    df = _frame(2000)
+    if official:  # official test list: only the val draw is derived
+        is_test = df["patient_id"].str[1:].astype(int) % 5 == 0
+        df["split_official"] = pd.Series(np.where(is_test, "test", "train"), dtype="str")
+    kw = {"seed": 3, "name": "padchest", "test_fraction": 0.2, "val_fraction": 0.1, "use_official_test": True}
+    base = dict(zip(df["patient_id"], assign_splits(df, **kw)[0], strict=True))
+    rng = np.random.default_rng(0)
+    gone = set(rng.choice(df["patient_id"].unique(), 100, replace=False))
+    fewer = df[~df["patient_id"].isin(gone)].reset_index(drop=True)
+    extra = _frame(60).assign(patient_id=lambda d: "new" + d["patient_id"])
+    if official:
+        extra["split_official"] = pd.Series(["train"] * len(extra), dtype="str")
+    for changed in (fewer, pd.concat([df, extra], ignore_index=True), pd.concat([extra, fewer], ignore_index=True)):
+        after = dict(zip(changed["patient_id"], assign_splits(changed, **kw)[0], strict=True))
+        moved = {p for p in after if p in base and after[p] != base[p]}
+        assert not moved, f"{len(moved)} patient(s) changed split, e.g. {sorted(moved)[:3]}"
+
+
 def test_official_test_kept_and_study_resplit() -> None:
     df = _frame(100)
     official = np.where(df["patient_id"].str[1:].astype(int) % 4 == 0, "test", "train")
@@ -140,6 +164,23 @@ def test_official_test_kept_and_study_resplit() -> None:
     assert set(source[split == "test"]) == {"official"} and set(source[split == "val"]) == {"derived"}
     split2, _ = assign_splits(df, seed=1, name="x", test_fraction=0.2, val_fraction=0.1, use_official_test=False)
     assert not np.array_equal(split2 == "test", official == "test")
+
+
+def test_official_test_set_excluded_entirely_is_an_error(tmp_path: Path) -> None:
+    """CheXpert test.csv without view columns: frontal images get view OTHER, which the default views drop;
+    that must not silently turn into a test set derived from training images."""
+    write_chexpert(tmp_path, [chexpert_row("train", i, 1, "view1_frontal", "Frontal", "PA") for i in range(1, 9)],
+                   [chexpert_row("valid", 20, 1, "view1_frontal", "Frontal", "AP")])
+    test = pd.DataFrame([chexpert_row("test", 30 + i, 1, "view1_frontal", "Frontal", "PA", Cardiomegaly=i % 2)
+                         for i in range(4)], columns=["Path", *CHEX_LABELS])  # no Sex/Age/view columns
+    test.to_csv(tmp_path / "test.csv", index=False)
+    s = settings("chexpert", tmp_path, label_set=["cardiomegaly"])
+    idx = build_index(s)
+    with pytest.raises(HarmoniseError, match=r"all 4 official test images are excluded \({'view_not_kept': 4}\)"):
+        harmonise(idx, s)
+    s["dataset"]["views"] = ["PA", "AP", "AP_SUPINE", "OTHER"]
+    y = harmonise(idx, s).labels
+    assert (y["split"] == "test").sum() == 4 and set(y.loc[y["split"] == "test", "split_source"]) == {"official"}
 
 
 def test_patient_overlap_fails_hard(tmp_path: Path) -> None:
@@ -167,6 +208,16 @@ def test_uka_laterality_and_merged_labels(tmp_path: Path) -> None:
     assert "raw_grade_pleural_effusion_right" in h.labels
 
 
+def test_study_strategy_keeps_the_uka_institutional_split(tmp_path: Path) -> None:
+    """paper-methods 2.1: the study re-split CheXpert, MIMIC and PadChest, but kept UKA's own split."""
+    rows = [uka_row(i, i, "test" if i % 3 == 0 else "train", {}) for i in range(30)]
+    write_uka(tmp_path, rows)
+    s = settings("uka", tmp_path, label_set=["cardiomegaly"])
+    s["splits"] = {"strategy": "study", "test_fraction": 0.5}
+    y = harmonise(build_index(s), s).labels
+    assert list(y["split"] == "test") == [r["split"] == "test" for r in rows]
+
+
 def test_padchest_matching_modes(tmp_path: Path) -> None:
     write_padchest(tmp_path, [padchest_row(0, 1, "PA", "['subcutaneous emphysema']"),
                               padchest_row(1, 2, "PA", "['emphysema', 'pseudonodule']"),
@@ -179,6 +230,24 @@ def test_padchest_matching_modes(tmp_path: Path) -> None:
     sub = harmonise(build_index(s), s).labels
     np.testing.assert_array_equal(sub[["y_emphysema", "y_nodule_or_mass", "y_no_finding"]], [[1, 0, 0], [1, 1, 0],
                                                                                             [0, 0, 1]])
+
+
+@pytest.mark.parametrize(("drop", "kept"), [(None, [0]), (["empty", "exclude"], [0]), ([], [0, 2, 3]),
+                                            (["exclude"], [0, 2]), (["empty"], [0, 3])])
+def test_padchest_drop_empty_and_exclude(tmp_path: Path, drop, kept) -> None:
+    write_padchest(tmp_path, [padchest_row(0, 1, "PA", "['cardiomegaly']"),
+                              padchest_row(1, 2, "AP", None),  # no Labels at all: always dropped
+                              padchest_row(2, 3, "PA", "['']"),
+                              padchest_row(3, 4, "AP", "['exclude', 'cardiomegaly']"),
+                              padchest_row(4, 5, "L", "['']")])  # lateral: the view filter still applies
+    s = settings("padchest", tmp_path, label_set=["cardiomegaly", "no_finding"])
+    if drop is not None:
+        s["labels"]["padchest_drop"] = drop
+    h = harmonise(build_index(s), s)
+    assert list(h.labels["image_id"].str[:35].astype(int)) == kept
+    assert h.exclusions["labels_missing"] == 1 and sum(h.exclusions.values()) == 5 - len(kept)
+    y = h.labels.set_index(h.labels["image_id"].str[:35].astype(int))
+    assert list(y.loc[kept, "y_cardiomegaly"]) == [1.0 if k in (0, 3) else 0.0 for k in kept]  # '' -> all 0
 
 
 def test_labels_parquet_roundtrip_and_schema_rejects(tmp_path: Path) -> None:

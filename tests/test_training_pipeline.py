@@ -120,6 +120,7 @@ def settings_for(
             "lr": 1e-3,
             "weight_decay": 0.0,
             "patience": 10,
+            "selection_metric": "val_auroc",
             "hflip": 0.5,
             "rotation": 7,
             "precision": "bf16",
@@ -160,6 +161,12 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
 
 
+@pytest.fixture(autouse=True)
+def _no_terminal_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These many short runs keep their progress lines in the (captured) log, off the developer's terminal."""
+    monkeypatch.setenv("CXRBENCH_PROGRESS", "off")
+
+
 def _quiet() -> dict:
     return {"device": "cpu", "threads": 1}
 
@@ -190,6 +197,8 @@ def test_outputs_follow_the_contract_and_png_equals_cache(data: dict, tmp_path: 
     rj = json.loads((tmp_path / "cache" / "run.json").read_text())
     assert rj["seed"] == settings_for(RANDOM)["seed"] and rj["device"]["type"] == "cpu"
     assert rj["weights"] == {"path": None, "sha256": None} and rj["versions"]["timm"]
+    assert rj["selection_metric"] == "val_auroc" and rj["best_val_loss"] == pytest.approx(
+        hist["val_loss"].iloc[meta["best_epoch"] - 1])
     # the selected epoch's validation AUROC is what the saved best predictions give
     from cxrbench.training.loop import per_label_auroc
 

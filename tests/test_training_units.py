@@ -101,3 +101,57 @@ def test_merged_parent_finding_from_laterality_children() -> None:
     assert out["y_eff"].dtype == np.float32 and "y_eff" not in df.columns
     with pytest.raises(DataError, match="no column y_missing"):
         add_merged_columns(df, ["missing"], parents={})
+
+
+class _Tensors(torch.utils.data.Dataset):
+    """The loop's dataset protocol (``data.targets``, ``set_epoch``, ``(x, y, index)`` items) over tensors."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+        self.data = type("Split", (), {"targets": y.numpy()})()
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i], i
+
+
+def _fit(tmp_path, *, epochs: int, lr: float, **cfg):
+    from cxrbench.training.loop import FitConfig, fit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 6, generator=g)
+    y = ((x[:, :2] + 1.5 * torch.randn(96, 2, generator=g)) > 0).float()  # weakly learnable, so metrics wander
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 2)
+    result = fit(model, _Tensors(x[:64], y[:64]), _Tensors(x[64:], y[64:]),
+                 cfg=FitConfig(epochs=epochs, batch_size=16, lr=lr, seed=1, **cfg), labels=["a", "b"],
+                 out_dir=tmp_path, device=torch.device("cpu"), fingerprint="f")
+    return result, result.history
+
+
+def test_patience_zero_trains_every_epoch_and_patience_stops_early(tmp_path) -> None:
+    # lr 0: the metrics never change, so every epoch after the first is a "bad" one
+    frozen, _ = _fit(tmp_path / "p2", epochs=6, lr=0.0, patience=2)
+    assert len(frozen.history) == 3 and frozen.stopped_early and frozen.best_epoch == 1
+    full, _ = _fit(tmp_path / "p0", epochs=6, lr=0.0, patience=0)
+    assert len(full.history) == 6 and not full.stopped_early and full.best_epoch == 1
+
+
+def test_selection_metric_picks_best_auroc_or_lowest_loss(tmp_path) -> None:
+    by_auroc, hist = _fit(tmp_path / "auroc", epochs=8, lr=0.3, patience=0, selection_metric="val_auroc")
+    by_loss, hist_loss = _fit(tmp_path / "loss", epochs=8, lr=0.3, patience=0, selection_metric="val_loss")
+    assert [r["val_loss"] for r in hist] == [r["val_loss"] for r in hist_loss]  # same training either way
+    aurocs, losses = [r["val_auroc_macro"] for r in hist], [r["val_loss"] for r in hist]
+    assert by_auroc.best_epoch == int(np.argmax(aurocs)) + 1 and by_auroc.best_val_auroc == max(aurocs)
+    assert by_loss.best_epoch == int(np.argmin(losses)) + 1 and by_loss.best_val_loss == min(losses)
+    assert by_loss.best_val_auroc == aurocs[by_loss.best_epoch - 1]
+    assert by_auroc.best_epoch != by_loss.best_epoch  # the switch matters on this data
+    best = torch.load(tmp_path / "loss" / "checkpoint-best.pt", weights_only=True)
+    assert best["epoch"] == by_loss.best_epoch and best["selection_metric"] == "val_loss"
+    with pytest.raises(ValueError, match="selection_metric"):
+        _fit(tmp_path / "bad", epochs=1, lr=0.1, selection_metric="test_auroc")

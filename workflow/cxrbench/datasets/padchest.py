@@ -3,9 +3,11 @@
 ``Labels`` is a Python-list-like string of findings; items are stripped (some carry a leading space)
 and the empty item is ignored. The reported items (193 known) are kept compactly as the index's
 ``source_tokens`` column (``|``-joined): each item is a 0/1 source label (1 = reported; 0 = not
-reported) that harmonise expands only for the items a label set uses. Rows are kept in the index but marked for exclusion when ``Labels`` is missing or
-empty (``labels_missing``) or reports ``exclude`` (``source_marked_exclude``: the radiologist flagged
-the image as unusable). ``MethodLabel`` (``Physician`` / ``RNN_model``) is kept as ``raw_MethodLabel``.
+reported) that harmonise expands only for the items a label set uses. Rows are kept in the index but
+marked for exclusion when ``Labels`` is missing (``labels_missing``), is the empty list ``['']``
+(``labels_empty``: nothing reported) or reports ``exclude`` (``source_marked_exclude``: the radiologist
+flagged the image as unusable); ``labels.padchest_drop`` decides in harmonise whether the last two are
+dropped (the study kept them). ``MethodLabel`` (``Physician`` / ``RNN_model``) is kept as ``raw_MethodLabel``.
 """
 
 from __future__ import annotations
@@ -73,9 +75,11 @@ def read(root: Path, settings: dict[str, Any]) -> pd.DataFrame:
     check_present(df, ["ImageID", "ImageDir", "PatientID"], path=path)
     vocab = native_vocabulary("padchest")
     tokens = parse_token_lists(df["Labels"], split=_split_labels, vocabulary=vocab, path=path, column="Labels")
-    empty = tokens.fillna("").eq("").to_numpy()
+    missing = tokens.isna().to_numpy()
+    empty = tokens.eq("").fillna(False).to_numpy(dtype=bool)
     excluded = token_indicators(tokens, ["exclude"])[:, 0] == 1
-    reason = np.select([empty, excluded], ["labels_missing", "source_marked_exclude"], "").astype(object)
+    reason = np.select([missing, empty, excluded], ["labels_missing", "labels_empty", "source_marked_exclude"],
+                       "").astype(object)
     reason[reason == ""] = None
     image_dir = parse_numeric(df["ImageDir"], path=path, column="ImageDir", integer=True).astype("int64").astype(str)
     birth = parse_numeric(df["PatientBirth"], path=path, column="PatientBirth")

@@ -34,6 +34,8 @@ __all__ = [
 
 DEFAULT_VIEWS = ("PA", "AP", "AP_SUPINE")
 UNCERTAINTY = ("u_zeros", "u_ones", "u_ignore")
+# labels.padchest_drop item -> the PadChest adapter's exclude_reason it drops (the study kept both kinds)
+PADCHEST_DROP = {"empty": "labels_empty", "exclude": "source_marked_exclude"}
 
 
 class HarmoniseError(ValueError):
@@ -126,7 +128,8 @@ def harmonise(
 
     ``exists(source_paths) -> bool array`` checks images on disk; None skips the check (tests on
     label files without images). Every dropped row is counted under one reason, first match wins:
-    the adapter's ``exclude_reason``, ``view_not_kept``, ``uncertain_in_drop_set``, ``image_missing``.
+    the adapter's ``exclude_reason`` (PadChest's empty / ``exclude`` rows only when ``labels.padchest_drop``
+    names them), ``view_not_kept``, ``uncertain_in_drop_set``, ``image_missing``.
     """
     name = settings["name"]
     entry = settings["dataset"]
@@ -147,6 +150,10 @@ def harmonise(
 
     n = len(index)
     reason = index["exclude_reason"].to_numpy(dtype=object, na_value=None).copy()
+    if adapter == "padchest":
+        dropped = set(lab.get("padchest_drop", list(PADCHEST_DROP)))
+        kept_anyway = [r for item, r in PADCHEST_DROP.items() if item not in dropped]
+        reason[pd.Series(reason, dtype=object).isin(kept_anyway).to_numpy()] = None
     keep_views = entry.get("views", list(DEFAULT_VIEWS))
     free = pd.isna(reason)
     reason[free & ~index["view"].isin(keep_views).to_numpy()] = "view_not_kept"
@@ -173,6 +180,16 @@ def harmonise(
     exclusions = pd.Series(reason[~keep]).value_counts().to_dict()
     if not keep.any():
         raise HarmoniseError(f"dataset {name!r}: no image left after exclusions {exclusions}")
+    use_official = spl.get("strategy", "official") == "official" or adapter not in STUDY_OWN_SPLIT
+    official_test = index["split_official"].eq("test").to_numpy()
+    if use_official and official_test.any() and not (official_test & keep).any():
+        # otherwise assign_splits would quietly derive a test set from training images instead
+        lost = pd.Series(reason[official_test]).value_counts().to_dict()
+        raise HarmoniseError(
+            f"dataset {name!r}: all {int(official_test.sum())} official test images are excluded ({lost}); "
+            f"with view_not_kept, widen datasets.{name}.views (e.g. CheXpert test.csv without view columns "
+            "gives frontal images view OTHER)"
+        )
 
     used = {f"raw_{s}" for f in label_set if f in values for s in rules[f].sources if s in carried}
     raw_cols = [c for c in index.columns if c.startswith("raw_") and (
@@ -181,7 +198,6 @@ def harmonise(
     # only the columns written out are copied (not the unused raw_* and source_tokens columns)
     kept = index.loc[keep, [c for c in index.columns if c in BASE_COLUMNS or c == "split_official" or c in raw_cols]]
     kept = kept.reset_index(drop=True)
-    use_official = spl.get("strategy", "official") == "official" or adapter not in STUDY_OWN_SPLIT
     split, split_source = assign_splits(
         kept, seed=int(settings["seed"]), name=name, test_fraction=float(spl.get("test_fraction", 0.2)),
         val_fraction=float(spl.get("val_fraction", 0.1)), use_official_test=use_official,

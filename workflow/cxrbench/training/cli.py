@@ -203,6 +203,7 @@ def train(
         read_manifest,
     )
     from cxrbench.training.loop import BEST_STATE, FitConfig, fit, predict
+    from cxrbench.training.progress import Progress, format_duration, open_terminal
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -281,6 +282,7 @@ def train(
         lr=tr["lr"],
         weight_decay=tr["weight_decay"],
         patience=tr["patience"],
+        selection_metric=tr["selection_metric"],
         schedule=tr["schedule"],
         warmup_epochs=tr["warmup_epochs"],
         precision=precision,
@@ -294,20 +296,34 @@ def train(
         "role": settings["role"],
         "dataset": settings["dataset"],
     }
-    t_fit = time.perf_counter()
-    result = fit(
-        model,
-        train_ds,
-        val_ds,
-        cfg=cfg,
-        labels=labels,
-        out_dir=out_dir,
-        device=dev,
-        fingerprint=fingerprint,
-        num_workers=num_workers,
-        best_meta={k: v for k, v in best_meta.items() if v is not None},
-        on_step=on_step,
+    run_name = f"{settings['arm']}/{settings['dataset']}"
+    if settings["role"] == "pretrain":
+        run_name = f"pretrain {run_name} for {settings['target'] or 'all labels'}"
+    progress = Progress(run_name, epochs=cfg.epochs, patience=cfg.patience, terminal=open_terminal())
+    progress.emit(
+        f"{len(splits['train'].image_ids)} train / {len(splits['val'].image_ids)} val images, {len(labels)} labels, "
+        f"up to {cfg.epochs} epochs on {dev.type} ({precision}), selecting on {cfg.selection_metric}"
+        + (f", early stop after {cfg.patience} epochs without improvement" if cfg.patience else "")
     )
+    t_fit = time.perf_counter()
+    try:
+        result = fit(
+            model,
+            train_ds,
+            val_ds,
+            cfg=cfg,
+            labels=labels,
+            out_dir=out_dir,
+            device=dev,
+            fingerprint=fingerprint,
+            num_workers=num_workers,
+            best_meta={k: v for k, v in best_meta.items() if v is not None},
+            on_step=on_step,
+            progress=progress,
+        )
+    except BaseException:
+        progress.close()
+        raise
     fit_s = time.perf_counter() - t_fit
 
     best_state = out_dir / BEST_STATE
@@ -353,7 +369,9 @@ def train(
         "images": {s: len(d.image_ids) for s, d in splits.items()},
         "image_source": splits["train"].images.kind,
         "best_epoch": result.best_epoch,
+        "selection_metric": cfg.selection_metric,
         "best_val_auroc_macro": result.best_val_auroc,
+        "best_val_loss": result.best_val_loss,
         "epochs_run": len(result.history),
         "stopped_early": result.stopped_early,
         "resumed_from_epoch": result.resumed_from_epoch,
@@ -363,12 +381,9 @@ def train(
         "command": sys.argv,
     }
     (out_dir / "run.json").write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
-    _logger.info(
-        "%s/%s: best epoch %d, val macro AUROC %.4f, %.1fs",
-        settings["arm"],
-        settings["dataset"],
-        result.best_epoch,
-        result.best_val_auroc,
-        meta["wall_s"],
+    progress.emit(
+        f"done: best epoch {result.best_epoch} of {len(result.history)} (by {cfg.selection_metric}), val macro AUROC "
+        f"{result.best_val_auroc:.4f}, val loss {result.best_val_loss:.4f}, {format_duration(meta['wall_s'])}"
     )
+    progress.close()
     return meta

@@ -1,4 +1,5 @@
-"""The fine-tuning loop: weighted masked BCE, AdamW, validation-AUROC model selection, resumable checkpoints.
+"""The fine-tuning loop: weighted masked BCE, AdamW, model selection on validation macro AUROC (or loss),
+optional early stopping, resumable checkpoints.
 
 Resume contract: ``checkpoint.pt`` is rewritten atomically after every epoch with the model, optimiser,
 scheduler, gradient-scaler and RNG states, the history and the early-stopping state. A job killed at any
@@ -25,6 +26,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from cxrbench.training.progress import Progress
+
 _logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "CHECKPOINT",
     "FitConfig",
     "FitResult",
+    "SELECTION_METRICS",
     "fit",
     "lr_factor",
     "masked_bce",
@@ -46,17 +50,24 @@ CHECKPOINT = "checkpoint.pt"
 # Best weights while training; ``best.pt`` (a declared Snakemake output, deleted before a retry) is linked to
 # it at the end, so a resumed job still has the best epoch's weights.
 BEST_STATE = "checkpoint-best.pt"
+# training.selection_metric -> whether higher is better
+SELECTION_METRICS = {"val_auroc": True, "val_loss": False}
 
 
 @dataclass(frozen=True)
 class FitConfig:
-    """Optimisation settings of one run (resolved from config.training)."""
+    """Optimisation settings of one run (resolved from config.training).
+
+    ``patience`` 0 trains all ``epochs`` (the study); ``selection_metric`` picks the best epoch:
+    ``val_auroc`` (highest validation macro AUROC) or ``val_loss`` (lowest, the study's rule).
+    """
 
     epochs: int
     batch_size: int
     lr: float
     weight_decay: float = 0.0
     patience: int = 10
+    selection_metric: str = "val_auroc"
     schedule: str = "none"
     warmup_epochs: int = 0
     precision: str = "bf16"
@@ -65,11 +76,12 @@ class FitConfig:
 
 @dataclass
 class FitResult:
-    """What :func:`fit` ran: history rows, best epoch (1-based) and its validation macro AUROC."""
+    """What :func:`fit` ran: history rows, best epoch (1-based) and its validation macro AUROC and loss."""
 
     history: list[dict[str, Any]]
     best_epoch: int
     best_val_auroc: float
+    best_val_loss: float
     stopped_early: bool
     resumed_from_epoch: int
     wall_s: float
@@ -244,16 +256,25 @@ def fit(
     num_workers: int = 0,
     best_meta: dict[str, Any] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> FitResult:
-    """Train ``model`` in place on ``train_ds``, select on ``val_ds`` macro AUROC, checkpoint every epoch.
+    """Train ``model`` in place on ``train_ds``, select on ``val_ds`` (``cfg.selection_metric``), checkpoint
+    every epoch.
 
     Resumes from ``out_dir/checkpoint.pt`` when it has the same ``fingerprint``. Writes ``history.csv`` and
     ``checkpoint-best.pt`` (the best weights plus ``best_meta``) as it goes. ``on_step(epoch, step)`` is
-    called before every optimiser step (progress hooks, fault-injection tests).
+    called before every optimiser step (fault-injection tests); ``progress`` reports epochs and steps
+    (default: to the log only).
 
     Raises:
-        ValueError: no validation label has both classes, so checkpoints cannot be ranked.
+        ValueError: no validation label has both classes, so checkpoints cannot be ranked; an unknown
+            selection metric.
     """
+    if cfg.selection_metric not in SELECTION_METRICS:
+        raise ValueError(f"selection_metric must be one of {sorted(SELECTION_METRICS)}, got {cfg.selection_metric!r}")
+    higher_is_better = SELECTION_METRICS[cfg.selection_metric]
+    if progress is None:
+        progress = Progress("train", epochs=cfg.epochs, patience=cfg.patience)
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     train_targets = train_ds.data.targets
@@ -274,7 +295,8 @@ def fit(
     )
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
     history: list[dict[str, Any]] = []
-    best_auroc, best_epoch, bad_epochs, start, wall_before = -math.inf, 0, 0, 0, 0.0
+    best_score = -math.inf if higher_is_better else math.inf
+    best_auroc, best_loss, best_epoch, bad_epochs, start, wall_before = math.nan, math.nan, 0, 0, 0, 0.0
     finished = False
     state = load_checkpoint(out_dir / CHECKPOINT, fingerprint)
     if state is not None:
@@ -284,9 +306,10 @@ def fit(
         scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         history = list(state["history"])
-        best_auroc, best_epoch, bad_epochs = state["best_auroc"], state["best_epoch"], state["bad_epochs"]
+        best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
+        best_auroc, best_loss = state["best_auroc"], state["best_loss"]
         start, finished, wall_before = state["epoch"], state["finished"], state["wall_s"]
-        _logger.info("resuming after epoch %d (best %.4f at epoch %d)", start, best_auroc, best_epoch)
+        progress.emit(f"resuming after epoch {start} (best epoch {best_epoch}: {cfg.selection_metric} {best_score:.4f})")
     resumed_from = start
     drop_last = len(train_ds) > cfg.batch_size  # the study drops the last partial batch
     val_kw = {"device": device, "batch_size": cfg.batch_size, "num_workers": num_workers, "precision": cfg.precision}
@@ -307,6 +330,8 @@ def fit(
         )
         model.train()
         losses, n_images = [], 0
+        n_steps = len(loader)
+        progress.start_epoch()
         for step, (x, y) in enumerate(_batches(loader, device)):
             if on_step is not None:
                 on_step(epoch, step)
@@ -319,6 +344,8 @@ def fit(
             scaler.update()
             losses.append(loss.item())
             n_images += len(x)
+            progress.step(epoch, step + 1, n_steps, mean_loss=math.fsum(losses[-50:]) / min(len(losses), 50),
+                          images=n_images)
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_s = time.perf_counter() - t0
@@ -329,15 +356,18 @@ def fit(
         val_loss = masked_bce(torch.from_numpy(val_logits), torch.from_numpy(val_targets), weight.cpu()).item()
         aurocs = per_label_auroc(val_targets, val_logits)  # AUROC is rank-based: logits rank as probabilities
         macro = float(np.nanmean(aurocs))
-        improved = macro > best_auroc
+        score = macro if cfg.selection_metric == "val_auroc" else val_loss
+        improved = score > best_score if higher_is_better else score < best_score
         if improved:
-            best_auroc, best_epoch, bad_epochs = macro, epoch + 1, 0
+            best_score, best_auroc, best_loss, best_epoch, bad_epochs = score, macro, val_loss, epoch + 1, 0
             _atomic_save(
                 {
                     **(best_meta or {}),
                     "model": {k: v.cpu() for k, v in model.state_dict().items()},
                     "epoch": epoch + 1,
                     "val_auroc": macro,
+                    "val_loss": val_loss,
+                    "selection_metric": cfg.selection_metric,
                     "labels": list(labels),
                 },
                 out_dir / BEST_STATE,
@@ -357,7 +387,7 @@ def fit(
             "epoch_s": time.perf_counter() - t0,
         }
         history.append(row)
-        stop = bad_epochs >= cfg.patience
+        stop = 0 < cfg.patience <= bad_epochs
         finished = stop or epoch + 1 == cfg.epochs
         _atomic_save(
             {
@@ -369,7 +399,9 @@ def fit(
                 "scaler": scaler.state_dict(),
                 "rng": _rng_state(),
                 "history": history,
+                "best_score": best_score,
                 "best_auroc": best_auroc,
+                "best_loss": best_loss,
                 "best_epoch": best_epoch,
                 "bad_epochs": bad_epochs,
                 "finished": finished,
@@ -378,27 +410,18 @@ def fit(
             out_dir / CHECKPOINT,
         )
         write_history(history, out_dir / "history.csv")
-        _logger.info(
-            "epoch %d/%d  loss %.4f  val_loss %.4f  val_auroc %.4f%s  lr %.2e  %.0f img/s  %.1fs",
-            epoch + 1,
-            cfg.epochs,
-            row["train_loss"],
-            val_loss,
-            macro,
-            " *" if improved else f"  (best {best_auroc:.4f} @ {best_epoch})",
-            lr,
-            row["train_img_per_s"],
-            row["epoch_s"],
-        )
+        progress.end_epoch(row, history, selection=cfg.selection_metric, best_epoch=best_epoch, bad_epochs=bad_epochs)
+        _logger.debug("epoch %d: lr %.2e, %.0f img/s", epoch + 1, lr, row["train_img_per_s"])
         if stop:
-            _logger.info("early stop: no better validation AUROC for %d epochs", bad_epochs)
+            progress.emit(f"early stop: no better {cfg.selection_metric} for {bad_epochs} epochs")
             break
     write_history(history, out_dir / "history.csv")
     return FitResult(
         history=history,
         best_epoch=best_epoch,
         best_val_auroc=best_auroc,
-        stopped_early=bad_epochs >= cfg.patience,
+        best_val_loss=best_loss,
+        stopped_early=0 < cfg.patience <= bad_epochs,
         resumed_from_epoch=resumed_from,
         wall_s=wall_before + time.perf_counter() - t_start,
     )
