@@ -84,8 +84,21 @@ def _make_malformed(root: Path) -> dict[str, str]:
     expected["missing.dcm"] = "missing_file"
     palette = _dicom(_good())
     palette.PhotometricInterpretation = "PALETTE COLOR"
-    save("palette.dcm", palette, "unsupported_photometric")
+    save("palette.dcm", palette, "palette_color")
+    short = _dicom(_good())
+    short.Rows = 64  # complete pixel data for 48 rows: the header disagrees with it, the file is not cut
+    save("mismatch.dcm", short, "pixel_length_mismatch")
+    (root / "garbage.dcm").write_bytes(np.random.default_rng(3).bytes(3000))
+    expected["garbage.dcm"] = "not_an_image"
+    (root / "text.png").write_bytes(b"hello, this is text and not a PNG at all\n" * 30)
+    expected["text.png"] = "not_an_image"
     return expected
+
+
+# source_format must mean "identified as DICOM" exactly: the archive scans those sources' headers.
+FORMATS = {"garbage.dcm": "unknown", "text.png": "unknown", "notes.txt": "unknown", "empty.png": "unknown",
+           "truncated.dcm": "dicom", "mismatch.dcm": "dicom", "report.dcm": "dicom", "palette.dcm": "dicom",
+           "truncated.png": "png8", "missing.dcm": None}
 
 
 def test_malformed_inputs_each_get_a_quarantine_row(tmp_path: Path) -> None:
@@ -105,6 +118,12 @@ def test_malformed_inputs_each_get_a_quarantine_row(tmp_path: Path) -> None:
         assert len(str(row["reason"])) > len(code) + 5 and pd.isna(row["output_path"])
     assert by_id.loc["good", "status"] == "ok" and (tmp_path / by_id.loc["good", "output_path"]).is_file()
     assert by_id.loc["mpeg.dcm", "transfer_syntax"] == "1.2.840.10008.1.2.4.100"
+    for name, fmt in FORMATS.items():
+        value = by_id.loc[name, "source_format"]
+        assert (pd.isna(value) if fmt is None else value == fmt), (name, value)
+    # One line each, and no machine path: the source appears only as its dataset-relative path.
+    reasons = manifest["reason"].dropna().astype(str)
+    assert not reasons.str.contains("\n").any() and not reasons.str.contains(str(tmp_path)).any()
     assert sorted(p.name for p in out.iterdir()) == ["good.png"]
 
 
