@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 
-__all__ = ["setup_logging"]
+__all__ = ["QUIET_LIBRARIES", "setup_logging"]
+
+# Libraries whose DEBUG/INFO output is noise for a pipeline user (numba alone writes thousands of compiler
+# lines per shard at DEBUG). ``-v`` makes cxrbench verbose; these stay at WARNING.
+QUIET_LIBRARIES = ("numba", "PIL", "matplotlib", "pydicom", "fsspec", "urllib3", "asyncio", "h5py", "filelock", "timm")
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -17,3 +21,5 @@ def setup_logging(verbose: bool = False) -> None:
         stream=sys.stderr,
         force=True,
     )
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
