@@ -159,3 +159,23 @@ def test_collect_enforces_rejected_fraction(tmp_path: Path, n_bad: int, rc: int)
         assert len(pd.read_parquet(tmp_path / "manifest.parquet")) == 18 + n_bad
     else:
         assert "exceeds preprocess.max_rejected_fraction" in res.stderr and "truncated: 3" in res.stderr.replace("rejected/", "")
+
+
+def test_verbose_preprocess_keeps_third_party_debug_quiet(tmp_path: Path) -> None:
+    # `cxrbench -v preprocess` once wrote thousands of numba compiler lines per shard; a fresh numba cache
+    # forces the compilation that produced them.
+    root = tmp_path / "root"
+    root.mkdir()
+    _dicom(_good()).save_as(root / "a.dcm", enforce_file_format=True)
+    (tmp_path / "members.tsv").write_text("image_id\tsource_path\na\ta.dcm\n")
+    settings = '{"mode": "paper", "size": 16, "equalize": true, "reduced_resolution_decode": true}'
+    cmd = [sys.executable, "-m", "cxrbench.cli", "-v", "preprocess", "--settings", settings,
+           "--members", str(tmp_path / "members.tsv"), "--root", str(root), "--out-dir", str(tmp_path / "shard-0"),
+           "--manifest", str(tmp_path / "shard-0.manifest.parquet")]
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env)
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert any(" DEBUG cxrbench" in line or " INFO cxrbench" in line for line in lines)
+    noisy = [line for line in lines if " DEBUG numba" in line or " DEBUG PIL" in line or " DEBUG matplotlib" in line]
+    assert not noisy and len(lines) < 50, (len(noisy), len(lines))
