@@ -89,12 +89,12 @@ SAME_IMAGE = [
 SYNTHETIC_EXAMPLES = {
     "missing_file": "`missing.dcm` (quarantine test: listed, not on disk)",
     "zero_size": "`empty.png` (quarantine test: 0 bytes), `zerorows.dcm` (Rows = 0)",
-    "unreadable": "a DICM-marked file whose header bytes are corrupt",
-    "invalid_attribute": "a DICOM whose Rows value is not a number",
-    "unsupported_photometric": "a DICOM with photometric interpretation `HSV` (retired)",
+    "unreadable": "`unreadable.dcm` (quarantine test: DICM marker, then noise)",
+    "invalid_attribute": "`badframes.dcm` (quarantine test: NumberOfFrames `x`)",
+    "unsupported_photometric": "`hsv.dcm` (quarantine test: retired `HSV`)",
     "unsupported_transfer_syntax": "`mpeg.dcm` (quarantine test: MPEG-2 video transfer syntax)",
     "pixel_length_mismatch": "`mismatch.dcm` (quarantine test: Rows 64, pixel data for 48 rows)",
-    "unsupported_pixel_format": "a 32-bit signed PNG with negative values",
+    "unsupported_pixel_format": "a 32-bit integer PNG with values outside 0..65535 (no test file)",
     "constant_image": "`flat.dcm` (quarantine test: every pixel 500)",
     "internal_error": "none known: it would be a cxrbench bug",
 }

@@ -88,6 +88,19 @@ def _make_malformed(root: Path) -> dict[str, str]:
     short = _dicom(_good())
     short.Rows = 64  # complete pixel data for 48 rows: the header disagrees with it, the file is not cut
     save("mismatch.dcm", short, "pixel_length_mismatch")
+    # DICM marker, then noise whose first "tag" (E422,2279) is neither public nor private (even group).
+    (root / "unreadable.dcm").write_bytes(data[:132] + b"\x22\xe4\x79\x22" + np.random.default_rng(1).bytes(400))
+    expected["unreadable.dcm"] = "unreadable"
+    frames = _dicom(_good())
+    frames.NumberOfFrames = "1"
+    frames.save_as(root / "badframes.dcm", enforce_file_format=True)
+    raw = (root / "badframes.dcm").read_bytes()
+    at = raw.index(b"\x28\x00\x08\x00IS\x02\x00") + 8  # (0028,0008) IS, length 2: value "1 " -> "x "
+    (root / "badframes.dcm").write_bytes(raw[:at] + b"x " + raw[at + 2 :])
+    expected["badframes.dcm"] = "invalid_attribute"
+    hsv = _dicom(_good())
+    hsv.PhotometricInterpretation = "HSV"
+    save("hsv.dcm", hsv, "unsupported_photometric")
     (root / "garbage.dcm").write_bytes(np.random.default_rng(3).bytes(3000))
     expected["garbage.dcm"] = "not_an_image"
     (root / "text.png").write_bytes(b"hello, this is text and not a PNG at all\n" * 30)
@@ -97,7 +110,7 @@ def _make_malformed(root: Path) -> dict[str, str]:
 
 # source_format must mean "identified as DICOM" exactly: the archive scans those sources' headers.
 FORMATS = {"garbage.dcm": "unknown", "text.png": "unknown", "notes.txt": "unknown", "empty.png": "unknown",
-           "truncated.dcm": "dicom", "mismatch.dcm": "dicom", "report.dcm": "dicom", "palette.dcm": "dicom",
+           "truncated.dcm": "dicom", "mismatch.dcm": "dicom", "unreadable.dcm": "dicom", "report.dcm": "dicom", "palette.dcm": "dicom",
            "truncated.png": "png8", "missing.dcm": None}
 
 

@@ -11,9 +11,11 @@ No patient-identifying DICOM field leaves this module: :class:`DecodedImage` car
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,31 +272,49 @@ def _j2k_header(codestream: bytes) -> tuple[int, int]:
     return levels, precision
 
 
-def _is_dicom_dataset(ds: Dataset) -> bool:
-    """A header-less file is DICOM (ACR-NEMA style) when pydicom parsed at least one public data element.
+def _has_elements(ds: Dataset, *, header_less: bool) -> bool:
+    """Whether pydicom parsed real data elements rather than noise.
 
     Arbitrary bytes (text, archives, noise) parse as one element with an unknown tag before pydicom stops.
+    A header-less (ACR-NEMA style) file counts as DICOM only with a public element of group >= 0008 (half of
+    all noise tags are odd, i.e. "private"); behind a DICM marker private elements count too.
     """
-    return any(tag.group >= 0x0008 and dictionary_has_tag(tag) for tag in ds.keys())
+    if header_less:
+        return any(tag.group >= 0x0008 and dictionary_has_tag(tag) for tag in ds.keys())
+    return any(tag.is_private or dictionary_has_tag(tag) for tag in ds.keys())
 
 
 def _read_dicom(path: Path, marker: bool, info: SourceInfo) -> Dataset:
     """Parse the file; set ``source_format`` to ``dicom`` only when it is DICOM (marker or parsed elements)."""
     if marker:
         info.source_format = "dicom"
-    try:
-        ds = pydicom.dcmread(path, force=True)
-    except Exception as exc:  # pydicom raises many types on garbage input
-        if not marker:
-            info.source_format = "unknown"
-            raise UnusableImage("not_an_image", "unrecognised file format (not PNG, JPEG or DICOM)", info) from exc
-        code = "truncated" if isinstance(exc, EOFError) else "unreadable"
-        raise UnusableImage(code, f"DICOM header cannot be parsed: {type(exc).__name__}: {exc}", info) from exc
-    if not marker and not _is_dicom_dataset(ds):
+    # pydicom reports a file cut inside a sequence or encapsulated data only as a warning (and returns what it
+    # read): record them, so a cut file is called truncated, and keep them (they hold the absolute path) out
+    # of the warnings stream; -v shows them.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception as exc:  # pydicom raises many types on garbage input
+            if not marker:
+                info.source_format = "unknown"
+                raise UnusableImage("not_an_image", "unrecognised file format (not PNG, JPEG or DICOM)", info) from exc
+            code = "truncated" if isinstance(exc, EOFError) else "unreadable"
+            raise UnusableImage(code, f"DICOM header cannot be parsed: {type(exc).__name__}: {exc}", info) from exc
+    for w in caught:
+        _logger.debug("%s: %s", path, w.message)
+    cut = any("end of file" in str(w.message).lower() for w in caught)
+    if _has_elements(ds, header_less=not marker):
+        info.source_format = "dicom"
+        if cut and "PixelData" not in ds:
+            raise UnusableImage("truncated", "the file ends before its pixel data", info)
+        return ds
+    if not marker:
         info.source_format = "unknown"
         raise UnusableImage("not_an_image", "unrecognised file format (not PNG, JPEG or DICOM)", info)
-    info.source_format = "dicom"
-    return ds
+    if cut:
+        raise UnusableImage("truncated", "the file ends inside its first data elements", info)
+    raise UnusableImage("unreadable", "DICM marker present but no DICOM data element could be parsed", info)
 
 
 def _image_attributes(ds: Dataset, info: SourceInfo) -> UID:
@@ -312,14 +332,23 @@ def _image_attributes(ds: Dataset, info: SourceInfo) -> UID:
             ts = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
         ds.file_meta.TransferSyntaxUID = ts
     info.transfer_syntax = str(ts)
-    try:
-        info.photometric = str(ds.get("PhotometricInterpretation", "")).strip() or None
-        info.bits_stored = int(ds.BitsStored) if "BitsStored" in ds else None
-        info.rows = int(ds.Rows) if "Rows" in ds else None
-        info.cols = int(ds.Columns) if "Columns" in ds else None
-    except (TypeError, ValueError) as exc:
-        raise UnusableImage("invalid_attribute", f"image attribute value cannot be parsed: {exc}", info) from exc
+    info.photometric = str(ds.get("PhotometricInterpretation", "")).strip() or None
+    # Descriptive here (a non-image object may carry odd values); _decode_dicom re-reads them strictly.
+    for field_name, keyword in (("bits_stored", "BitsStored"), ("rows", "Rows"), ("cols", "Columns")):
+        with contextlib.suppress(UnusableImage):
+            setattr(info, field_name, _int_attribute(ds, keyword, info))
     return UID(str(ts))
+
+
+def _int_attribute(ds: Dataset, keyword: str, info: SourceInfo, default: int | None = None) -> int | None:
+    """An integer attribute, ``default`` when absent or empty; a value that is no integer is ``invalid_attribute``."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise UnusableImage("invalid_attribute", f"{keyword} = {str(value)[:40]!r} is not an integer", info) from exc
 
 
 def _check_native_length(ds: Dataset, info: SourceInfo) -> None:
@@ -364,11 +393,13 @@ def _decode_dicom(path: Path, marker: bool, out_shape: tuple[int, int] | None, i
         raise UnusableImage("non_image_sop_class", f"SOP class {UID(str(sop)).name} holds no radiograph", info)
     if "PixelData" not in ds:
         raise UnusableImage("no_pixel_data", "the dataset has no (7FE0,0010) Pixel Data element", info)
+    for keyword in ("Rows", "Columns", "BitsStored"):
+        _int_attribute(ds, keyword, info)
     if info.rows is None or info.cols is None:
         raise UnusableImage("missing_attribute", f"Rows={info.rows} Columns={info.cols}: both are required", info)
     if not info.rows or not info.cols:
         raise UnusableImage("zero_size", f"Rows={info.rows} Columns={info.cols}", info)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _int_attribute(ds, "NumberOfFrames", info, default=1)
     if frames != 1:
         raise UnusableImage("multi_frame", f"{frames} frames; a radiograph has one", info)
     if info.photometric == "PALETTE COLOR":
