@@ -221,6 +221,7 @@ def test_acr_nema_file_without_preamble_or_meta(tmp_path: Path) -> None:
     assert (tmp_path / "acr").read_bytes()[128:132] != b"DICM"
     dec = decode(tmp_path / "acr")
     assert dec.info.transfer_syntax == "1.2.840.10008.1.2" and np.array_equal(dec.pixels, _phantom())
+    assert dec.info.source_format == "dicom"  # the archive scans the headers of exactly these sources
 
 
 @pytest.mark.parametrize(("rows", "cols", "size", "f"), [(978, 921, 224, 4), (978, 921, 448, 2), (1001, 999, 124, 8)])

@@ -192,3 +192,18 @@ def test_verbose_preprocess_keeps_third_party_debug_quiet(tmp_path: Path) -> Non
     assert any(" DEBUG cxrbench" in line or " INFO cxrbench" in line for line in lines)
     noisy = [line for line in lines if " DEBUG numba" in line or " DEBUG PIL" in line or " DEBUG matplotlib" in line]
     assert not noisy and len(lines) < 50, (len(noisy), len(lines))
+
+
+def test_unexpected_exception_is_internal_error_with_source_facts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cxrbench.imaging.pipeline as pipeline
+    from cxrbench.preprocess.runner import process_one
+
+    def broken(decoded, recipe):
+        raise RuntimeError(f"kernel failed in {tmp_path}/site-packages/mod.py\nsecond line")
+
+    monkeypatch.setattr(pipeline, "render", broken)
+    _dicom(_good()).save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    row = process_one(("a", "a.dcm", str(tmp_path / "a.dcm"), str(tmp_path / "out"), "out", Recipe("paper", 16)))
+    assert row["status"] == "rejected" and row["reason"].startswith("internal_error: RuntimeError: kernel failed in ")
+    assert "\n" not in row["reason"] and str(tmp_path) not in row["reason"] and "mod.py second line" in row["reason"]
+    assert row["source_format"] == "dicom" and row["rows"] == 48  # facts learnt before the failure are kept
