@@ -180,7 +180,15 @@ def test_verbose_preprocess_keeps_third_party_debug_quiet(tmp_path: Path) -> Non
     root = tmp_path / "root"
     root.mkdir()
     _dicom(_good()).save_as(root / "a.dcm", enforce_file_format=True)
-    (tmp_path / "members.tsv").write_text("image_id\tsource_path\na\ta.dcm\n")
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    j2k = _dicom(_good())  # a corrupt JPEG 2000 stream: pydicom logs each failed plugin with a traceback
+    j2k.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    j2k.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 60])
+    j2k["PixelData"].VR = "OB"
+    j2k.save_as(root / "b.dcm", enforce_file_format=True)
+    (tmp_path / "members.tsv").write_text("image_id\tsource_path\na\ta.dcm\nb\tb.dcm\n")
     settings = '{"mode": "paper", "size": 16, "equalize": true, "reduced_resolution_decode": true}'
     cmd = [sys.executable, "-m", "cxrbench.cli", "-v", "preprocess", "--settings", settings,
            "--members", str(tmp_path / "members.tsv"), "--root", str(root), "--out-dir", str(tmp_path / "shard-0"),
@@ -192,6 +200,7 @@ def test_verbose_preprocess_keeps_third_party_debug_quiet(tmp_path: Path) -> Non
     assert any(" DEBUG cxrbench" in line or " INFO cxrbench" in line for line in lines)
     noisy = [line for line in lines if " DEBUG numba" in line or " DEBUG PIL" in line or " DEBUG matplotlib" in line]
     assert not noisy and len(lines) < 50, (len(noisy), len(lines))
+    assert "decode_error" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_unexpected_exception_is_internal_error_with_source_facts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -284,8 +284,11 @@ def _has_elements(ds: Dataset, *, header_less: bool) -> bool:
     return any(tag.is_private or dictionary_has_tag(tag) for tag in ds.keys())
 
 
-def _read_dicom(path: Path, marker: bool, info: SourceInfo) -> Dataset:
-    """Parse the file; set ``source_format`` to ``dicom`` only when it is DICOM (marker or parsed elements)."""
+def _read_dicom(path: Path, marker: bool, info: SourceInfo) -> tuple[Dataset, bool]:
+    """Parse the file; set ``source_format`` to ``dicom`` only when it is DICOM (marker or parsed elements).
+
+    Returns the dataset and whether pydicom reached the end of the file inside an element (a cut file).
+    """
     if marker:
         info.source_format = "dicom"
     # pydicom reports a file cut inside a sequence or encapsulated data only as a warning (and returns what it
@@ -308,7 +311,7 @@ def _read_dicom(path: Path, marker: bool, info: SourceInfo) -> Dataset:
         info.source_format = "dicom"
         if cut and "PixelData" not in ds:
             raise UnusableImage("truncated", "the file ends before its pixel data", info)
-        return ds
+        return ds, cut
     if not marker:
         info.source_format = "unknown"
         raise UnusableImage("not_an_image", "unrecognised file format (not PNG, JPEG or DICOM)", info)
@@ -386,7 +389,7 @@ def _to_grey(arr: np.ndarray, info: SourceInfo) -> np.ndarray:
 
 
 def _decode_dicom(path: Path, marker: bool, out_shape: tuple[int, int] | None, info: SourceInfo) -> DecodedImage:
-    ds = _read_dicom(path, marker, info)
+    ds, cut = _read_dicom(path, marker, info)
     uid = _image_attributes(ds, info)
     sop = ds.get("SOPClassUID")
     if sop is not None and not _is_image_sop_class(str(sop)):
@@ -418,14 +421,16 @@ def _decode_dicom(path: Path, marker: bool, out_shape: tuple[int, int] | None, i
     arr, reduction = None, 1
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     if out_shape is not None and uid in (JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit) and not signed:
-        arr, reduction = _decode_reduced(ds, uid, info, out_shape)
+        try:
+            arr, reduction = _decode_reduced(ds, uid, info, out_shape)
+        except UnusableImage as exc:
+            raise UnusableImage("truncated" if cut else exc.code, exc.detail, info) from exc
     if arr is None:
         try:
             arr = ds.pixel_array
         except Exception as exc:  # plugins raise RuntimeError/ValueError/OSError on corrupt streams
-            text = str(exc)
-            code = "truncated" if ("length" in text.lower() or "truncat" in text.lower()) else "decode_error"
-            raise UnusableImage(code, f"pixel decode failed ({uid.name}): {type(exc).__name__}: {text}", info) from exc
+            code = "truncated" if cut else "decode_error"
+            raise UnusableImage(code, f"pixel decode failed ({uid.name}): {type(exc).__name__}: {exc}", info) from exc
     arr = _to_grey(arr, info)
 
     voi = Dataset()
@@ -451,7 +456,7 @@ def _decode_reduced(ds: Dataset, uid: UID, info: SourceInfo, out_shape: tuple[in
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
     except Exception as exc:
-        raise UnusableImage("truncated", f"encapsulated pixel data is unreadable: {exc}", info) from exc
+        raise UnusableImage("decode_error", f"encapsulated pixel data is unreadable: {exc}", info) from exc
     if uid == JPEGBaseline8Bit:
         try:
             im = Image.open(io.BytesIO(frame))
