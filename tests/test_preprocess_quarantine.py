@@ -110,7 +110,8 @@ def _make_malformed(root: Path) -> dict[str, str]:
 
 # source_format must mean "identified as DICOM" exactly: the archive scans those sources' headers.
 FORMATS = {"garbage.dcm": "unknown", "text.png": "unknown", "notes.txt": "unknown", "empty.png": "unknown",
-           "truncated.dcm": "dicom", "mismatch.dcm": "dicom", "unreadable.dcm": "dicom", "report.dcm": "dicom", "palette.dcm": "dicom",
+           "truncated.dcm": "dicom", "mismatch.dcm": "dicom", "unreadable.dcm": "dicom", "report.dcm": "dicom",
+           "palette.dcm": "dicom",
            "truncated.png": "png8", "missing.dcm": None}
 
 
@@ -203,7 +204,9 @@ def test_verbose_preprocess_keeps_third_party_debug_quiet(tmp_path: Path) -> Non
     assert "decode_error" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_unexpected_exception_is_internal_error_with_source_facts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unexpected_exception_is_internal_error_with_source_facts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import cxrbench.imaging.pipeline as pipeline
     from cxrbench.preprocess.runner import process_one
 
