@@ -221,3 +221,16 @@ def test_acr_nema_file_without_preamble_or_meta(tmp_path: Path) -> None:
     assert (tmp_path / "acr").read_bytes()[128:132] != b"DICM"
     dec = decode(tmp_path / "acr")
     assert dec.info.transfer_syntax == "1.2.840.10008.1.2" and np.array_equal(dec.pixels, _phantom())
+    assert dec.info.source_format == "dicom"  # the archive scans the headers of exactly these sources
+
+
+@pytest.mark.parametrize(("rows", "cols", "size", "f"), [(978, 921, 224, 4), (978, 921, 448, 2), (1001, 999, 124, 8)])
+def test_jpg_draft_uses_the_documented_reduction_for_odd_sizes(
+    tmp_path: Path, rows: int, cols: int, size: int, f: int
+) -> None:
+    # Largest f = 2^r with min(rows, cols) / f >= size; Pillow's draft() must not stop one level short.
+    grey = (np.add.outer(np.arange(rows), np.arange(cols)) % 256).astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "odd.jpg", quality=90)
+    dec = decode(tmp_path / "odd.jpg", out_shape=(size, size), reduced=True)
+    assert dec.reduction == f and dec.pixels.shape == (-(-rows // f), -(-cols // f))
+    assert min(dec.pixels.shape) >= size

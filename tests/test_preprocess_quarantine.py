@@ -84,8 +84,35 @@ def _make_malformed(root: Path) -> dict[str, str]:
     expected["missing.dcm"] = "missing_file"
     palette = _dicom(_good())
     palette.PhotometricInterpretation = "PALETTE COLOR"
-    save("palette.dcm", palette, "unsupported_photometric")
+    save("palette.dcm", palette, "palette_color")
+    short = _dicom(_good())
+    short.Rows = 64  # complete pixel data for 48 rows: the header disagrees with it, the file is not cut
+    save("mismatch.dcm", short, "pixel_length_mismatch")
+    # DICM marker, then noise whose first "tag" (E422,2279) is neither public nor private (even group).
+    (root / "unreadable.dcm").write_bytes(data[:132] + b"\x22\xe4\x79\x22" + np.random.default_rng(1).bytes(400))
+    expected["unreadable.dcm"] = "unreadable"
+    frames = _dicom(_good())
+    frames.NumberOfFrames = "1"
+    frames.save_as(root / "badframes.dcm", enforce_file_format=True)
+    raw = (root / "badframes.dcm").read_bytes()
+    at = raw.index(b"\x28\x00\x08\x00IS\x02\x00") + 8  # (0028,0008) IS, length 2: value "1 " -> "x "
+    (root / "badframes.dcm").write_bytes(raw[:at] + b"x " + raw[at + 2 :])
+    expected["badframes.dcm"] = "invalid_attribute"
+    hsv = _dicom(_good())
+    hsv.PhotometricInterpretation = "HSV"
+    save("hsv.dcm", hsv, "unsupported_photometric")
+    (root / "garbage.dcm").write_bytes(np.random.default_rng(3).bytes(3000))
+    expected["garbage.dcm"] = "not_an_image"
+    (root / "text.png").write_bytes(b"hello, this is text and not a PNG at all\n" * 30)
+    expected["text.png"] = "not_an_image"
     return expected
+
+
+# source_format must mean "identified as DICOM" exactly: the archive scans those sources' headers.
+FORMATS = {"garbage.dcm": "unknown", "text.png": "unknown", "notes.txt": "unknown", "empty.png": "unknown",
+           "truncated.dcm": "dicom", "mismatch.dcm": "dicom", "unreadable.dcm": "dicom", "report.dcm": "dicom",
+           "palette.dcm": "dicom",
+           "truncated.png": "png8", "missing.dcm": None}
 
 
 def test_malformed_inputs_each_get_a_quarantine_row(tmp_path: Path) -> None:
@@ -105,6 +132,12 @@ def test_malformed_inputs_each_get_a_quarantine_row(tmp_path: Path) -> None:
         assert len(str(row["reason"])) > len(code) + 5 and pd.isna(row["output_path"])
     assert by_id.loc["good", "status"] == "ok" and (tmp_path / by_id.loc["good", "output_path"]).is_file()
     assert by_id.loc["mpeg.dcm", "transfer_syntax"] == "1.2.840.10008.1.2.4.100"
+    for name, fmt in FORMATS.items():
+        value = by_id.loc[name, "source_format"]
+        assert (pd.isna(value) if fmt is None else value == fmt), (name, value)
+    # One line each, and no machine path: the source appears only as its dataset-relative path.
+    reasons = manifest["reason"].dropna().astype(str)
+    assert not reasons.str.contains("\n").any() and not reasons.str.contains(str(tmp_path)).any()
     assert sorted(p.name for p in out.iterdir()) == ["good.png"]
 
 
@@ -140,3 +173,49 @@ def test_collect_enforces_rejected_fraction(tmp_path: Path, n_bad: int, rc: int)
         assert len(pd.read_parquet(tmp_path / "manifest.parquet")) == 18 + n_bad
     else:
         assert "exceeds preprocess.max_rejected_fraction" in res.stderr and "truncated: 3" in res.stderr.replace("rejected/", "")
+
+
+def test_verbose_preprocess_keeps_third_party_debug_quiet(tmp_path: Path) -> None:
+    # `cxrbench -v preprocess` once wrote thousands of numba compiler lines per shard; a fresh numba cache
+    # forces the compilation that produced them.
+    root = tmp_path / "root"
+    root.mkdir()
+    _dicom(_good()).save_as(root / "a.dcm", enforce_file_format=True)
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    j2k = _dicom(_good())  # a corrupt JPEG 2000 stream: pydicom logs each failed plugin with a traceback
+    j2k.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    j2k.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 60])
+    j2k["PixelData"].VR = "OB"
+    j2k.save_as(root / "b.dcm", enforce_file_format=True)
+    (tmp_path / "members.tsv").write_text("image_id\tsource_path\na\ta.dcm\nb\tb.dcm\n")
+    settings = '{"mode": "paper", "size": 16, "equalize": true, "reduced_resolution_decode": true}'
+    cmd = [sys.executable, "-m", "cxrbench.cli", "-v", "preprocess", "--settings", settings,
+           "--members", str(tmp_path / "members.tsv"), "--root", str(root), "--out-dir", str(tmp_path / "shard-0"),
+           "--manifest", str(tmp_path / "shard-0.manifest.parquet")]
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env)
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert any(" DEBUG cxrbench" in line or " INFO cxrbench" in line for line in lines)
+    noisy = [line for line in lines if " DEBUG numba" in line or " DEBUG PIL" in line or " DEBUG matplotlib" in line]
+    assert not noisy and len(lines) < 50, (len(noisy), len(lines))
+    assert "decode_error" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_unexpected_exception_is_internal_error_with_source_facts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cxrbench.imaging.pipeline as pipeline
+    from cxrbench.preprocess.runner import process_one
+
+    def broken(decoded, recipe):
+        raise RuntimeError(f"kernel failed in {tmp_path}/site-packages/mod.py\nsecond line")
+
+    monkeypatch.setattr(pipeline, "render", broken)
+    _dicom(_good()).save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    row = process_one(("a", "a.dcm", str(tmp_path / "a.dcm"), str(tmp_path / "out"), "out", Recipe("paper", 16)))
+    assert row["status"] == "rejected" and row["reason"].startswith("internal_error: RuntimeError: kernel failed in ")
+    assert "\n" not in row["reason"] and str(tmp_path) not in row["reason"] and "mod.py second line" in row["reason"]
+    assert row["source_format"] == "dicom" and row["rows"] == 48  # facts learnt before the failure are kept

@@ -1,34 +1,69 @@
 """Read any radiograph (DICOM, 8/16-bit PNG, JPG) into a 2-D array plus the facts needed to display it.
 
 Decoding is delegated to pydicom 3's pixel API (with the pylibjpeg / OpenJPEG plugins) and Pillow. The
-policy layer written here: which file is what (magic bytes, not extensions), quarantine reasons for
-unusable files, grey conversion of colour files, the stored intensity range that MONOCHROME1 is inverted
-on, and reduced-resolution decoding of JPEG 2000 (wavelet levels) and JPEG (DCT scaling) when the output
-is much smaller than the source.
+policy layer written here: which file is what (magic bytes and content, not extensions), quarantine
+reasons for unusable files, native byte order and grey conversion of colour files (once, here, before either
+rendering mode), and reduced-resolution decoding of JPEG 2000 (wavelet levels) and JPEG (DCT scaling) when
+the output is much smaller than the source.
 
 No patient-identifying DICOM field leaves this module: :class:`DecodedImage` carries pixel facts only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.datadict import dictionary_has_tag
 from pydicom.dataset import Dataset
-from pydicom.uid import JPEG2000, UID, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit
+from pydicom.pixels.utils import get_expected_length
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+)
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["DecodedImage", "SourceInfo", "UnusableImage", "decode", "reduction_factor"]
+__all__ = ["REASON_CODES", "DecodedImage", "SourceInfo", "UnusableImage", "decode", "reduction_factor"]
 
 # Radiographs are large; a 10k x 10k 16-bit image is legitimate, so lift Pillow's bomb guard to 400 MP.
 Image.MAX_IMAGE_PIXELS = 400_000_000
+
+# Every quarantine reason code, with what it means (docs/preprocessing.md renders this table; an
+# UnusableImage with any other code is a programming error).
+REASON_CODES: dict[str, str] = {
+    "missing_file": "the source path does not exist or is not a regular file",
+    "zero_size": "empty file, or Rows/Columns (image width/height) of 0",
+    "not_an_image": "neither PNG, JPEG nor DICOM (no DICM marker and no parseable DICOM elements)",
+    "unreadable": "has the DICM marker but its header cannot be parsed",
+    "truncated": "the file ends before its (pixel) data does",
+    "no_pixel_data": "a DICOM dataset without a (7FE0,0010) Pixel Data element",
+    "non_image_sop_class": "a DICOM object whose SOP class holds no image (report, plan, structure set, ...)",
+    "missing_attribute": "a DICOM image attribute needed to decode (Rows, Columns) is absent",
+    "invalid_attribute": "a DICOM image attribute has a value that cannot be parsed",
+    "multi_frame": "more than one frame (a radiograph has exactly one)",
+    "palette_color": "PALETTE COLOR photometric interpretation (no radiograph is stored that way)",
+    "unsupported_photometric": "a photometric interpretation other than MONOCHROME1/2, RGB or YBR_*",
+    "unsupported_transfer_syntax": "no installed pixel decoder handles the transfer syntax",
+    "pixel_length_mismatch": "complete pixel data whose length disagrees with Rows x Columns x samples x bits",
+    "unsupported_pixel_format": "a decoded pixel layout that is not a 2-D grey or RGB image",
+    "decode_error": "the compressed pixel stream is corrupt (every decoder failed)",
+    "constant_image": "every pixel has the same value: no contrast to normalise",
+    "internal_error": "an unexpected exception in cxrbench itself (a bug: please report it)",
+}
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -50,6 +85,8 @@ class UnusableImage(Exception):
     """A source image that cannot become a training PNG; ``code`` is a stable machine-readable reason."""
 
     def __init__(self, code: str, detail: str, info: SourceInfo | None = None) -> None:
+        if code not in REASON_CODES:
+            raise ValueError(f"undocumented quarantine reason code {code!r}")
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
@@ -57,6 +94,7 @@ class UnusableImage(Exception):
 
     @property
     def reason(self) -> str:
+        """``<code>: <detail>``, the manifest's ``reason`` value."""
         return f"{self.code}: {self.detail}"
 
 
@@ -64,7 +102,8 @@ class UnusableImage(Exception):
 class SourceInfo:
     """What the source file is; one manifest row's worth of facts (nothing identifying)."""
 
-    source_format: str | None = None  # dicom | png8 | png16 | jpg8
+    # dicom (identified and parsed as DICOM, with or without meta header) | png8 | png16 | jpg8 | unknown
+    source_format: str | None = None
     transfer_syntax: str | None = None
     photometric: str | None = None
     bits_stored: int | None = None
@@ -76,7 +115,7 @@ class SourceInfo:
 class DecodedImage:
     """Stored pixel values (no rescale, no inversion applied) and how to turn them into display values."""
 
-    pixels: np.ndarray  # 2-D, uint8 / uint16 / int16 / float32
+    pixels: np.ndarray  # 2-D, native byte order, uint8 / uint16 / int16 / float32; colour already grey
     info: SourceInfo
     invert: bool = False  # MONOCHROME1 (or INVERSE presentation): minimum stored value is white
     rescale_slope: float = 1.0
@@ -105,19 +144,23 @@ def reduction_factor(rows: int, cols: int, out_shape: tuple[int, int] | None, *,
     return 2 ** min(max_level, math.floor(math.log2(ratio)))
 
 
-def _sniff(path: Path) -> str:
+def _sniff(path: Path, info: SourceInfo) -> str:
+    """``png``, ``jpeg``, ``dicom`` (DICM marker at byte 128) or ``other`` (maybe header-less ACR-NEMA)."""
     with open(path, "rb") as fh:
         head = fh.read(132)
     if not head:
-        raise UnusableImage("zero_size", "file is empty (0 bytes)")
+        info.source_format = "unknown"
+        raise UnusableImage("zero_size", "file is empty (0 bytes)", info)
     if head.startswith(_PNG_MAGIC):
         return "png"
     if head.startswith(_JPEG_MAGIC):
         return "jpeg"
-    return "dicom"  # with or without preamble (ACR-NEMA files have none); dcmread decides
+    return "dicom" if head[128:132] == b"DICM" else "other"
 
 
-def decode(path: str | Path, *, out_shape: tuple[int, int] | None = None, reduced: bool = False) -> DecodedImage:
+def decode(
+    path: str | Path, *, out_shape: tuple[int, int] | None = None, reduced: bool = False, info: SourceInfo | None = None
+) -> DecodedImage:
     """Decode one source image.
 
     Args:
@@ -125,26 +168,42 @@ def decode(path: str | Path, *, out_shape: tuple[int, int] | None = None, reduce
         out_shape: (rows, cols) the image will be resized to; with ``reduced`` it allows decoding at a
             lower resolution (JPEG 2000 wavelet level, JPEG DCT scaling).
         reduced: allow reduced-resolution decoding.
+        info: filled in place as facts are learnt, so a caller still has them when decoding fails.
 
     Raises:
-        UnusableImage: with a reason code (``missing_file``, ``zero_size``, ``truncated``,
-            ``no_pixel_data``, ``unsupported_transfer_syntax``, ``non_image_sop_class``, ...).
+        UnusableImage: with one of :data:`REASON_CODES`.
     """
     path = Path(path)
+    info = info if info is not None else SourceInfo()
     if not path.is_file():
-        raise UnusableImage("missing_file", f"{path} does not exist or is not a file")
-    kind = _sniff(path)
+        raise UnusableImage("missing_file", "the source file does not exist or is not a regular file", info)
+    kind = _sniff(path, info)
     if kind in ("png", "jpeg"):
-        return _decode_pil(path, kind, out_shape if reduced else None)
-    return _decode_dicom(path, out_shape if reduced else None)
+        return _decode_pil(path, kind, out_shape if reduced else None, info)
+    return _decode_dicom(path, kind == "dicom", out_shape if reduced else None, info)
 
 
 # --- PNG / JPEG -------------------------------------------------------------------------------------
 
 
-def _decode_pil(path: Path, kind: str, out_shape: tuple[int, int] | None) -> DecodedImage:
-    fmt = "jpg8" if kind == "jpeg" else "png8"
-    info = SourceInfo(source_format=fmt)
+def _jpeg_draft(im: Image.Image, rows: int, cols: int, out_shape: tuple[int, int]) -> int:
+    """Make Pillow decode a JPEG at 1/f (DCT scaling, f in 1, 2, 4, 8, straight to L) and return f.
+
+    f is :func:`reduction_factor`'s. ``draft`` picks the largest scale ``s <= min(n // requested_n)``, so the
+    request is ``n // f`` per axis (``ceil(n / f)`` would give ``s < f`` for odd sizes, e.g. 921 x 978).
+    """
+    f = reduction_factor(rows, cols, out_shape, max_level=3)
+    if f > 1:
+        im.draft("L", (cols // f, rows // f))
+    # Report what Pillow actually chose: the decoded size is ceil(n / s).
+    for s in (8, 4, 2):
+        if im.size == (-(-cols // s), -(-rows // s)):
+            return s
+    return 1
+
+
+def _decode_pil(path: Path, kind: str, out_shape: tuple[int, int] | None, info: SourceInfo) -> DecodedImage:
+    info.source_format = "jpg8" if kind == "jpeg" else "png8"
     try:
         im = Image.open(path)
         info.cols, info.rows = im.size
@@ -153,11 +212,7 @@ def _decode_pil(path: Path, kind: str, out_shape: tuple[int, int] | None) -> Dec
             raise UnusableImage("zero_size", "image has zero rows or columns", info)
         reduction = 1
         if kind == "jpeg" and out_shape is not None:
-            f = reduction_factor(info.rows, info.cols, out_shape, max_level=3)  # DCT scaling: 1/2, 1/4, 1/8
-            if f > 1:
-                # draft() picks the smallest DCT scale whose size is >= the request, and decodes straight to L.
-                im.draft("L", (math.ceil(info.cols / f), math.ceil(info.rows / f)))
-                reduction = round(info.cols / im.size[0])
+            reduction = _jpeg_draft(im, info.rows, info.cols, out_shape)
         im.load()
     except UnusableImage:
         raise
@@ -188,6 +243,11 @@ def _decode_pil(path: Path, kind: str, out_shape: tuple[int, int] | None) -> Dec
 
 # --- DICOM ------------------------------------------------------------------------------------------
 
+# Photometric interpretations decoded to grey. pydicom returns RGB for YBR_FULL(_422) (its colour-space
+# conversion) and the JPEG 2000 decoders undo the YBR_RCT / YBR_ICT component transform themselves.
+_GREY = ("MONOCHROME1", "MONOCHROME2")
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT")
+
 
 def _is_image_sop_class(uid: str) -> bool:
     name = UID(uid).name
@@ -212,41 +272,143 @@ def _j2k_header(codestream: bytes) -> tuple[int, int]:
     return levels, precision
 
 
-def _decode_dicom(path: Path, out_shape: tuple[int, int] | None) -> DecodedImage:
-    info = SourceInfo(source_format="dicom")
-    try:
-        ds = pydicom.dcmread(path, force=True)
-    except Exception as exc:  # pydicom raises many types on garbage input
-        code = "truncated" if isinstance(exc, EOFError) else "unreadable"
-        raise UnusableImage(code, f"not a readable DICOM file: {type(exc).__name__}: {exc}", info) from exc
+def _has_elements(ds: Dataset, *, header_less: bool) -> bool:
+    """Whether pydicom parsed real data elements rather than noise.
+
+    Arbitrary bytes (text, archives, noise) parse as one element with an unknown tag before pydicom stops.
+    A header-less (ACR-NEMA style) file counts as DICOM only with a public element of group >= 0008 (half of
+    all noise tags are odd, i.e. "private"); behind a DICM marker private elements count too.
+    """
+    if header_less:
+        return any(tag.group >= 0x0008 and dictionary_has_tag(tag) for tag in ds.keys())
+    return any(tag.is_private or dictionary_has_tag(tag) for tag in ds.keys())
+
+
+def _read_dicom(path: Path, marker: bool, info: SourceInfo) -> tuple[Dataset, bool]:
+    """Parse the file; set ``source_format`` to ``dicom`` only when it is DICOM (marker or parsed elements).
+
+    Returns the dataset and whether pydicom reached the end of the file inside an element (a cut file).
+    """
+    if marker:
+        info.source_format = "dicom"
+    # pydicom reports a file cut inside a sequence or encapsulated data only as a warning (and returns what it
+    # read): record them, so a cut file is called truncated, and keep them (they hold the absolute path) out
+    # of the warnings stream; -v shows them.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception as exc:  # pydicom raises many types on garbage input
+            if not marker:
+                info.source_format = "unknown"
+                raise UnusableImage("not_an_image", "unrecognised file format (not PNG, JPEG or DICOM)", info) from exc
+            code = "truncated" if isinstance(exc, EOFError) else "unreadable"
+            raise UnusableImage(code, f"DICOM header cannot be parsed: {type(exc).__name__}: {exc}", info) from exc
+    for w in caught:
+        _logger.debug("%s: %s", path, w.message)
+    cut = any("end of file" in str(w.message).lower() for w in caught)
+    if _has_elements(ds, header_less=not marker):
+        info.source_format = "dicom"
+        if cut and "PixelData" not in ds:
+            raise UnusableImage("truncated", "the file ends before its pixel data", info)
+        return ds, cut
+    if not marker:
+        info.source_format = "unknown"
+        raise UnusableImage("not_an_image", "unrecognised file format (not PNG, JPEG or DICOM)", info)
+    if cut:
+        raise UnusableImage("truncated", "the file ends inside its first data elements", info)
+    raise UnusableImage("unreadable", "DICM marker present but no DICOM data element could be parsed", info)
+
+
+def _image_attributes(ds: Dataset, info: SourceInfo) -> UID:
+    """Fill ``info`` from the header and return the transfer syntax (implied for header-less files)."""
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
     if ts is None:
-        # ACR-NEMA style file without meta header: pydicom read it with the encoding it detected.
-        if len(ds) == 0 or ("Rows" not in ds and "PixelData" not in ds):
-            raise UnusableImage("not_an_image", "unrecognised file format (not PNG, JPEG or DICOM)", info)
-        ds.file_meta = ds.file_meta if meta is not None else pydicom.dataset.FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.is_implicit_VR else UID("1.2.840.10008.1.2.1")
-        ts = ds.file_meta.TransferSyntaxUID
+        # ACR-NEMA style file (or meta without a transfer syntax): pydicom read it with the encoding it detected.
+        if meta is None:
+            ds.file_meta = pydicom.dataset.FileMetaDataset()
+        implicit, little = ds.original_encoding
+        if not little:
+            ts = ExplicitVRBigEndian  # there is no implicit VR big endian transfer syntax
+        else:
+            ts = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        ds.file_meta.TransferSyntaxUID = ts
     info.transfer_syntax = str(ts)
-    info.photometric = str(ds.get("PhotometricInterpretation", "")) or None
-    info.bits_stored = int(ds.BitsStored) if "BitsStored" in ds else None
-    info.rows = int(ds.Rows) if "Rows" in ds else None
-    info.cols = int(ds.Columns) if "Columns" in ds else None
+    info.photometric = str(ds.get("PhotometricInterpretation", "")).strip() or None
+    # Descriptive here (a non-image object may carry odd values); _decode_dicom re-reads them strictly.
+    for field_name, keyword in (("bits_stored", "BitsStored"), ("rows", "Rows"), ("cols", "Columns")):
+        with contextlib.suppress(UnusableImage):
+            setattr(info, field_name, _int_attribute(ds, keyword, info))
+    return UID(str(ts))
 
+
+def _int_attribute(ds: Dataset, keyword: str, info: SourceInfo, default: int | None = None) -> int | None:
+    """An integer attribute, ``default`` when absent or empty; a value that is no integer is ``invalid_attribute``."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise UnusableImage("invalid_attribute", f"{keyword} = {str(value)[:40]!r} is not an integer", info) from exc
+
+
+def _check_native_length(ds: Dataset, info: SourceInfo) -> None:
+    """Uncompressed pixel data: a file cut short is ``truncated``; complete data of the wrong size is a mismatch."""
+    elem = ds.get_item("PixelData")
+    declared, present = getattr(elem, "length", None), len(ds.PixelData)
+    if declared is not None and 0 <= present < declared != 0xFFFFFFFF:
+        raise UnusableImage("truncated", f"the file ends inside the pixel data: {present} of {declared} bytes", info)
+    try:
+        expected = get_expected_length(ds, "bytes")  # accounts for chroma subsampling (YBR_FULL_422), 1-bit data
+    except AttributeError as exc:  # e.g. no BitsAllocated / SamplesPerPixel
+        raise UnusableImage("missing_attribute", f"cannot size the pixel data: {exc}", info) from exc
+    if present < expected or present >= 2 * expected:
+        # pydicom trims a little excess as padding; a whole frame more means Rows/Columns/frames are wrong.
+        raise UnusableImage(
+            "pixel_length_mismatch",
+            f"pixel data has {present} bytes, Rows {info.rows} x Columns {info.cols} need {expected}",
+            info,
+        )
+
+
+def _to_grey(arr: np.ndarray, info: SourceInfo) -> np.ndarray:
+    """Native byte order, and colour (RGB after pydicom's / the codec's conversion) to ITU-R 601 luma."""
+    if not arr.dtype.isnative:  # big-endian transfer syntaxes: numba kernels and Pillow need native order
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        if arr.dtype == np.uint8:
+            return np.asarray(Image.fromarray(np.ascontiguousarray(arr), mode="RGB").convert("L"))
+        # Pillow has no 16-bit RGB mode: the same luma weights, kept at the stored depth.
+        luma = np.rint(arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
+        return luma.astype(arr.dtype)
+    if arr.ndim != 2:
+        raise UnusableImage("unsupported_pixel_format", f"pixel array has shape {arr.shape}", info)
+    return arr
+
+
+def _decode_dicom(path: Path, marker: bool, out_shape: tuple[int, int] | None, info: SourceInfo) -> DecodedImage:
+    ds, cut = _read_dicom(path, marker, info)
+    uid = _image_attributes(ds, info)
     sop = ds.get("SOPClassUID")
     if sop is not None and not _is_image_sop_class(str(sop)):
         raise UnusableImage("non_image_sop_class", f"SOP class {UID(str(sop)).name} holds no radiograph", info)
     if "PixelData" not in ds:
         raise UnusableImage("no_pixel_data", "the dataset has no (7FE0,0010) Pixel Data element", info)
+    for keyword in ("Rows", "Columns", "BitsStored"):
+        _int_attribute(ds, keyword, info)
+    if info.rows is None or info.cols is None:
+        raise UnusableImage("missing_attribute", f"Rows={info.rows} Columns={info.cols}: both are required", info)
     if not info.rows or not info.cols:
         raise UnusableImage("zero_size", f"Rows={info.rows} Columns={info.cols}", info)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _int_attribute(ds, "NumberOfFrames", info, default=1)
     if frames != 1:
         raise UnusableImage("multi_frame", f"{frames} frames; a radiograph has one", info)
-    if info.photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"):
+    if info.photometric == "PALETTE COLOR":
+        raise UnusableImage("palette_color", "PALETTE COLOR pixels index a colour lookup table", info)
+    if info.photometric not in _GREY + _COLOUR:
         raise UnusableImage("unsupported_photometric", f"photometric interpretation {info.photometric!r}", info)
-    uid = UID(str(ts))
     try:
         decoder = pydicom.pixels.get_decoder(uid)
     except NotImplementedError:
@@ -254,25 +416,22 @@ def _decode_dicom(path: Path, out_shape: tuple[int, int] | None) -> DecodedImage
     if not decoder.is_available:
         raise UnusableImage("unsupported_transfer_syntax", f"no installed plugin decodes {uid.name} ({uid})", info)
     if not uid.is_compressed:
-        expected = info.rows * info.cols * int(ds.get("SamplesPerPixel", 1)) * int(ds.get("BitsAllocated", 16)) // 8
-        if len(ds.PixelData) < expected:
-            raise UnusableImage("truncated", f"pixel data has {len(ds.PixelData)} bytes, {expected} expected", info)
+        _check_native_length(ds, info)
 
     arr, reduction = None, 1
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     if out_shape is not None and uid in (JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit) and not signed:
-        arr, reduction = _decode_reduced(ds, uid, info, out_shape)
+        try:
+            arr, reduction = _decode_reduced(ds, uid, info, out_shape)
+        except UnusableImage as exc:
+            raise UnusableImage("truncated" if cut else exc.code, exc.detail, info) from exc
     if arr is None:
         try:
             arr = ds.pixel_array
         except Exception as exc:  # plugins raise RuntimeError/ValueError/OSError on corrupt streams
-            text = str(exc)
-            code = "truncated" if ("length" in text.lower() or "truncat" in text.lower()) else "decode_error"
-            raise UnusableImage(code, f"pixel decode failed ({uid.name}): {type(exc).__name__}: {text}", info) from exc
-    if arr.ndim == 3:  # colour after pydicom's YBR -> RGB conversion
-        arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr.astype(np.uint8))).convert("L"))
-    if arr.ndim != 2:
-        raise UnusableImage("unsupported_pixel_format", f"pixel array has shape {arr.shape}", info)
+            code = "truncated" if cut else "decode_error"
+            raise UnusableImage(code, f"pixel decode failed ({uid.name}): {type(exc).__name__}: {exc}", info) from exc
+    arr = _to_grey(arr, info)
 
     voi = Dataset()
     for kw in _VOI_KEYWORDS:
@@ -297,19 +456,18 @@ def _decode_reduced(ds: Dataset, uid: UID, info: SourceInfo, out_shape: tuple[in
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
     except Exception as exc:
-        raise UnusableImage("truncated", f"encapsulated pixel data is unreadable: {exc}", info) from exc
+        raise UnusableImage("decode_error", f"encapsulated pixel data is unreadable: {exc}", info) from exc
     if uid == JPEGBaseline8Bit:
-        f = reduction_factor(info.rows, info.cols, out_shape, max_level=3)
-        if f == 1:
-            return None, 1
         try:
             im = Image.open(io.BytesIO(frame))
-            im.draft("L", (math.ceil(info.cols / f), math.ceil(info.rows / f)))
+            f = _jpeg_draft(im, info.rows, info.cols, out_shape)
+            if f == 1:
+                return None, 1
             im = im.convert("L") if im.mode != "L" else im
             im.load()
         except (OSError, SyntaxError, ValueError) as exc:
             raise UnusableImage("decode_error", f"JPEG baseline frame: {exc}", info) from exc
-        return np.asarray(im), round(info.cols / im.size[0])
+        return np.asarray(im), f
     levels, precision = _j2k_header(frame)
     f = reduction_factor(info.rows, info.cols, out_shape, max_level=levels)
     # Pillow sizes a reduced image as round-half-down(n / f) while OpenJPEG produces ceil(n / f); where they

@@ -128,6 +128,8 @@ def paper_resize(img: np.ndarray, size: int) -> np.ndarray:
     out = _separable("spline2", img, size, size)
     if np.issubdtype(img.dtype, np.integer):
         info = np.iinfo(img.dtype)
+        if img.dtype.itemsize >= 4:  # float32 cannot hold 32-bit bounds (2^32 - 1 rounds up and the cast overflows)
+            out = out.astype(np.float64)
         out = np.clip(np.floor(out + 0.5), min(0, info.min), info.max).astype(img.dtype)
     return out
 

@@ -16,10 +16,26 @@ from cxrbench.imaging.decode import UnusableImage
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["equalize_hist", "minmax_to_uint8", "percentile_to_unit", "unit_to_uint8", "voi_to_unit"]
+__all__ = ["equalize_hist", "invert_stored", "minmax_to_uint8", "percentile_to_unit", "unit_to_uint8", "voi_to_unit"]
 
 # Robust window used when a file carries no VOI window: ignores collimator edges, labels and markers.
 PERCENTILES = (0.5, 99.5)
+
+
+def invert_stored(pixels: np.ndarray, bits_stored: int | None) -> tuple[np.ndarray, float]:
+    """Mirror stored values on their stored range, exactly and in the same dtype; returns (``m - x``, ``m``).
+
+    Unsigned: ``m = 2^BitsStored - 1`` (or the array maximum if stray high bits exceed it, so nothing wraps);
+    signed two's complement: ``m = -1`` (``~x`` maps [-2^(b-1), 2^(b-1) - 1] onto itself); float: ``m = 0``.
+    Integer arithmetic keeps the same image stored as MONOCHROME1 and as MONOCHROME2 bit-identical after it.
+    """
+    if np.issubdtype(pixels.dtype, np.signedinteger):
+        return np.invert(pixels), -1.0
+    if np.issubdtype(pixels.dtype, np.unsignedinteger):
+        bits = bits_stored or pixels.dtype.itemsize * 8
+        m = max(2**bits - 1, int(pixels.max()))
+        return pixels.dtype.type(m) - pixels, float(m)
+    return -pixels, 0.0
 
 
 def minmax_to_uint8(img: np.ndarray) -> np.ndarray:

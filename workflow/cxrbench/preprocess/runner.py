@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import re
 import time
 import urllib.parse
 from collections import Counter
@@ -11,13 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrbench.imaging.decode import SourceInfo, UnusableImage
+from cxrbench.imaging.decode import UnusableImage
 from cxrbench.imaging.pipeline import Recipe, convert
 from cxrbench.imaging.write import write_png
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["MANIFEST_COLUMNS", "output_name", "process_one", "process_shard", "status_summary"]
+__all__ = ["MANIFEST_COLUMNS", "one_line_reason", "output_name", "process_one", "process_shard", "status_summary"]
 
 MANIFEST_COLUMNS = [
     "image_id",
@@ -41,22 +42,32 @@ def output_name(image_id: str) -> str:
     return urllib.parse.quote(image_id, safe="-_.") + ".png"
 
 
+# An absolute path inside a decoder's message (a module, a temporary file): only its last part is kept.
+_ABS_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/:'\"(),]+/)+([^\s/:'\"(),]+)")
+_REASON_MAX = 400
+
+
+def one_line_reason(reason: str, src: str, source_path: str) -> str:
+    """A rejection reason as one line without absolute machine paths (the source as its dataset-relative path)."""
+    text = " ".join(reason.replace(src, source_path).split())
+    text = _ABS_PATH.sub(r"\1", text)
+    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
+
+
 def process_one(task: tuple[str, str, str, str, str, Recipe]) -> dict:
-    """Convert one image; any failure becomes a ``rejected`` row with a reason (never an exception)."""
+    """Convert one image; an unusable image becomes a ``rejected`` row with a one-line reason."""
     image_id, source_path, src, out_dir, rel_dir, recipe = task
     row = {"image_id": image_id, "source_path": source_path, "output_path": None, "status": "rejected"}
-    info, extra = SourceInfo(), {"window": None, "reduction": None}
+    extra = {"window": None, "reduction": None}
     try:
         img, info, extra = convert(src, recipe)
+    except UnusableImage as exc:
+        info, row["reason"] = exc.info, one_line_reason(exc.reason, src, source_path)
+    else:
+        # Write errors (full disk, permissions) are not the image's fault: they fail the shard.
         name = output_name(image_id)
         write_png(Path(out_dir) / name, img)
         row.update(status="ok", output_path=f"{rel_dir}/{name}", reason=None)
-    except UnusableImage as exc:
-        info, row["reason"] = exc.info, exc.reason
-    except (MemoryError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not cost the other images of the shard
-        row["reason"] = f"error: {type(exc).__name__}: {exc}"
     row.update(
         source_format=info.source_format,
         transfer_syntax=info.transfer_syntax,
