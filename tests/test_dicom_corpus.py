@@ -259,6 +259,12 @@ def test_docs_corpus_section_is_current(corpus: dict) -> None:
     assert pattern.search(text), f"{DOC} lacks the {BEGIN} ... {END} markers"
     if os.environ.get("CXRBENCH_WRITE_DOCS") == "1":
         DOC.write_text(pattern.sub(lambda _: section, text))
+    else:
+        # The corpus itself changes with the pydicom releases: a fresh install may pick a newer one than the
+        # one the committed section was generated with. Compare only like with like.
+        installed = f"pydicom {version('pydicom')} test files + pydicom-data {version('pydicom-data')}"
+        if installed not in pattern.search(text).group(0):
+            pytest.skip(f"{DOC} was generated with other corpus versions than the installed {installed}")
     assert pattern.search(DOC.read_text()).group(0) == section, (
         f"{DOC}: the generated corpus section is stale; rerun with CXRBENCH_WRITE_DOCS=1 and commit it"
     )
