@@ -118,8 +118,8 @@ def main_table(
         if len(evaluable) < len(labels):
             missing = [display_name(lab) for lab in labels if lab not in evaluable]
             count = f"{len(evaluable)} of {len(labels)} " + notes.mark(
-                UNDEFINED, "labels without a positive (or negative) test image are left out of every macro mean")
-            _logger.info("%s: %s not evaluable", ds, ", ".join(missing))
+                UNDEFINED, f"{ds}: {', '.join(missing)} without a positive (or negative) test image, so left out "
+                "of every macro mean")
         disp: dict[str, str] = {"dataset": ds, "labels": count}
         for init in inits:
             m = macro[(macro["dataset"] == ds) & (macro["init"] == init)]
@@ -259,7 +259,8 @@ def per_label_table(
             p = o.iloc[0]["p_two_sided_bh"] if len(o) else np.nan
             num[f"p_{init}_vs_{reference}_bh"] = p
             num[f"p_{init}_gt_{reference}"] = o.iloc[0]["p_a_gt_b"] if len(o) else np.nan
-            disp[f"p {init} vs {reference} (BH)"] = format_p(p, n_resamples=n_resamples)
+            disp[f"p {init} vs {reference} (BH)"] = format_p(p, n_resamples=n_resamples) + (
+                " (d)" if few and np.isfinite(p) else "")  # a p from a few positives is as unstable as its AUROC
         numeric_rows.append(num)
         display_rows.append(disp)
     note = _note(n_resamples, unit, family, "n+ / n−: positive / negative test images (masked excluded); the macro "
