@@ -33,4 +33,5 @@ onsuccess:
     from cxrbench.evaluation.summary import run_summary
 
     print(run_summary(LAYOUT, datasets=DATASETS, inits=INITS, variant=VARIANT,
-                      pretrain_datasets=aggregate_settings()["pretrain_datasets"]), file=sys.stderr)
+                      pretrain_datasets=aggregate_settings()["pretrain_datasets"],
+                      n_resamples=config["evaluation"]["n_bootstrap"]), file=sys.stderr)

@@ -281,7 +281,7 @@ def test_few_positives_and_undefined_labels_are_marked(tmp_path: Path) -> None:
     assert _aggregate({"vindr": tmp_path / "stats" / "vindr"}, tmp_path, settings) == 0
     md = (tmp_path / "tables" / "auroc_per_label_vindr.md").read_text()
     cardio = next(line for line in md.splitlines() if line.startswith("| Cardiomegaly"))
-    assert cardio.count("(d)") == 2 and "(d) fewer than 5 test positives" in md
+    assert cardio.count("(d)") == 3 and "(d) fewer than 5 test positives" in md  # both AUROCs and the p
     ptx = next(line for line in md.splitlines() if line.startswith("| Pneumothorax"))
     assert "– (b)" in ptx and "no positive test image" in md
     csv = pd.read_csv(tmp_path / "tables" / "auroc_per_label_vindr.csv").set_index("label")
@@ -326,12 +326,12 @@ def test_run_summary_names_outputs_headline_and_quarantine(pipeline_run: Path) -
     rejected.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"image_id": ["x", "y"], "reason": ["truncated", "not_an_image"]}).to_parquet(rejected)
     text = run_summary(layout, datasets=["vindr", "chexpert"], inits=INITS, variant="paper-64",
-                       pretrain_datasets={"mimic_sl": "chexpert"})
+                       pretrain_datasets={"mimic_sl": "chexpert"}, n_resamples=100)
     assert str(layout.tables_dir()) in text and str(layout.figures_dir()) in text and "report" in text
     vindr = next(line for line in text.splitlines() if line.strip().startswith("vindr"))
-    assert len(vindr.split()) >= 4 and "n/a" not in vindr
+    assert len(vindr.split()) >= 4 and "n/a" not in vindr and "(p < 0.01)" in vindr
     assert "skipped: no run: chexpert is the pre-training set of mimic_sl" in text
     assert "vindr: 2 image(s) quarantined" in text and "truncated (1)" in text
     empty = run_summary(Layout(pipeline_run / "nothing"), datasets=["vindr"], inits=INITS, variant="paper-64",
-                        pretrain_datasets={})
+                        pretrain_datasets={}, n_resamples=100)
     assert "stopped before `aggregate`" in empty and "no image quarantined" in empty

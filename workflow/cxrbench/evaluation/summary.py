@@ -15,6 +15,7 @@ import pandas as pd
 
 from cxrbench.evaluation.display import no_run_reason
 from cxrbench.evaluation.outputs import table_files
+from cxrbench.evaluation.tables import format_p
 from cxrbench.paths import Layout
 
 _logger = logging.getLogger(__name__)
@@ -22,8 +23,8 @@ _logger = logging.getLogger(__name__)
 __all__ = ["run_summary"]
 
 
-def _headline(main_csv: Path, *, datasets: list[str], inits: list[str],
-              pretrain_datasets: dict[str, str]) -> list[str]:
+def _headline(main_csv: Path, *, datasets: list[str], inits: list[str], pretrain_datasets: dict[str, str],
+              n_resamples: int) -> list[str]:
     """Macro AUROC (%) per dataset (rows) and initialisation (columns), p vs the reference in brackets."""
     df = pd.read_csv(main_csv)
     if df.empty:
@@ -43,7 +44,7 @@ def _headline(main_csv: Path, *, datasets: list[str], inits: list[str],
             r = r.iloc[0]
             text = f"{100 * r['auroc_mean']:.1f}"
             if init != ref and pd.notna(r.get("p_two_sided_bh")):
-                text += f" (p {r['p_two_sided_bh']:.3f})"
+                text += f" (p {format_p(r['p_two_sided_bh'], n_resamples=n_resamples)})"
             cells.append(text)
         lines.append("  " + ds.ljust(12) + "".join(c.rjust(width) for c in cells))
     lines.append(f"  bootstrap mean, %; p: two-sided, Benjamini-Hochberg adjusted, vs {ref}")
@@ -67,13 +68,14 @@ def _quarantine(layout: Layout, *, datasets: list[str], variant: str) -> list[st
 
 
 def run_summary(layout: Layout, *, datasets: list[str], inits: list[str], variant: str,
-                pretrain_datasets: dict[str, str]) -> str:
+                pretrain_datasets: dict[str, str], n_resamples: int) -> str:
     """The end-of-run summary as text (the caller prints it)."""
     main_csv = table_files(layout.tables_dir(), "auroc_main")["csv"]
     lines = ["", "cxrbench: run finished."]
     if main_csv.is_file():
         lines += ["Macro AUROC per initialisation and dataset:",
-                  *_headline(main_csv, datasets=datasets, inits=inits, pretrain_datasets=pretrain_datasets)]
+                  *_headline(main_csv, datasets=datasets, inits=inits, pretrain_datasets=pretrain_datasets,
+                            n_resamples=n_resamples)]
         lines += [
             f"Results overview: {layout.results_readme()}",
             f"Tables: {layout.tables_dir()}/  (Markdown, LaTeX, CSV)",
