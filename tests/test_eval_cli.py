@@ -287,7 +287,8 @@ def test_few_positives_and_undefined_labels_are_marked(tmp_path: Path) -> None:
     csv = pd.read_csv(tmp_path / "tables" / "auroc_per_label_vindr.csv").set_index("label")
     assert bool(csv.loc["cardiomegaly", "few_positives"]) and not bool(csv.loc["atelectasis", "few_positives"])
     main_md = (tmp_path / "tables" / "auroc_main.md").read_text()
-    assert "| 3 of 4 (b)" in main_md  # the label count says that one label is not evaluable
+    assert "| 3 of 4 (b)" in main_md and "(b) k of n: only k labels" in main_md
+    assert "vindr: Pneumothorax" in main_md  # which label, by its display name
 
 
 def test_bh_family_ignores_an_extra_arm(tmp_path: Path) -> None:

@@ -117,9 +117,9 @@ def main_table(
         count = str(len(labels))
         if len(evaluable) < len(labels):
             missing = [display_name(lab) for lab in labels if lab not in evaluable]
-            count = f"{len(evaluable)} of {len(labels)} " + notes.mark(
-                UNDEFINED, f"{ds}: {', '.join(missing)} without a positive (or negative) test image, so left out "
-                "of every macro mean")
+            notes.mark(UNDEFINED, "k of n: only k labels have both classes in the test set; the others (no "
+                       "positive, or no negative, test image) are left out of every macro mean")
+            count = f"{len(evaluable)} of {len(labels)} " + notes.mark(UNDEFINED, f"{ds}: {', '.join(missing)}")
         disp: dict[str, str] = {"dataset": ds, "labels": count}
         for init in inits:
             m = macro[(macro["dataset"] == ds) & (macro["init"] == init)]
@@ -162,7 +162,7 @@ def main_table(
     display = pd.DataFrame(display_rows)
     note = _note(n_resamples, unit, family,
                  f"p init > {reference} (one-sided): the study's test, 1 - mean(AUC_init > AUC_{reference}) "
-                 f"over the resamples, not adjusted. Reference: {reference}. labels: labels in the dataset's "
+                 f"over the resamples, not adjusted. Reference: {reference}. labels: size of the dataset's "
                  f"label set. {notes.text()}")
     return Table(numeric, display, note)
 
@@ -238,7 +238,8 @@ def per_label_table(
         few = lab != MACRO and few_positives(n_pos, n_neg, min_positives=min_positives)
         num: dict[str, object] = {"dataset": dataset, "label": lab, "display_name": display_name(lab),
                                   "n_pos": counts["n_pos"], "n_neg": counts["n_neg"], "few_positives": few}
-        disp: dict[str, object] = {"label": display_name(lab), "n+ / n−": "" if lab == MACRO else f"{n_pos} / {n_neg}"}
+        disp: dict[str, object] = {"label": display_name(lab),
+                                   "n+ / n−": "" if lab == MACRO else f"{n_pos} / {n_neg}"}
         for init in present:
             r = m[(m["init"] == init) & (m["label"] == lab)]
             mean, sd = (r.iloc[0]["auroc_boot_mean"], r.iloc[0]["auroc_boot_sd"]) if len(r) else (np.nan, np.nan)
