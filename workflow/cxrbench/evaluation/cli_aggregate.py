@@ -82,7 +82,7 @@ def aggregate(
     tables = {
         "auroc_main": main_table(metrics, adjusted, inits=inits, datasets=datasets, reference=ref,
                                  pretrain_datasets=pretrain, **common),
-        "pairwise_tests": tests_table(adjusted, **common),
+        "pairwise_tests": tests_table(adjusted, metrics, min_positives=int(ev["min_positives"]), **common),
     }
     if settings.get("pipeline_inits"):
         tables["auroc_overlap"] = overlap_table(adjusted, pipeline_inits=list(settings["pipeline_inits"]),

@@ -270,22 +270,37 @@ def per_label_table(
     return Table(pd.DataFrame(numeric_rows), pd.DataFrame(display_rows), note)
 
 
-def tests_table(tests: pd.DataFrame, *, n_resamples: int, unit: str, family: str) -> Table:
-    """Every paired test with raw and adjusted p (numeric), and a readable summary (display)."""
+def tests_table(tests: pd.DataFrame, metrics: pd.DataFrame, *, n_resamples: int, unit: str, family: str,
+                min_positives: int) -> Table:
+    """Every paired test with raw and adjusted p (numeric), and a readable summary (display); a label
+    test resting on fewer than ``min_positives`` test positives (or negatives) is marked."""
+    counts = (metrics[metrics["label"] != MACRO].drop_duplicates(["dataset", "label"])
+              .set_index(["dataset", "label"])[["n_pos", "n_neg"]])
+    numeric = tests.reset_index(drop=True)
+    keys = list(zip(numeric["dataset"], numeric["label"]))
+    numeric["few_positives"] = [k in counts.index and few_positives(*counts.loc[k], min_positives=min_positives)
+                                for k in keys]
+    notes = Footnotes()
+    mark = notes.mark(FEW, f"fewer than {min_positives} test positives (or negatives): unstable estimate and p") \
+        if numeric["few_positives"].any() else ""
     display = pd.DataFrame({
-        "dataset": tests["dataset"], "a": tests["init_a"], "b": tests["init_b"],
-        "label": [display_name(lab) for lab in tests["label"]],
-        "AUROC a (%)": [format_auroc(m, s) for m, s in zip(tests["auroc_a_mean"], tests["auroc_a_sd"])],
-        "AUROC b (%)": [format_auroc(m, s) for m, s in zip(tests["auroc_b_mean"], tests["auroc_b_sd"])],
+        "dataset": numeric["dataset"], "a": numeric["init_a"], "b": numeric["init_b"],
+        "label": [display_name(lab) + (f" {mark}" if few else "") for lab, few in
+                  zip(numeric["label"], numeric["few_positives"])],
+        "n+ / n−": [f"{int(counts.loc[k, 'n_pos'])} / {int(counts.loc[k, 'n_neg'])}" if k in counts.index else ""
+                    for k in keys],
+        "AUROC a (%)": [format_auroc(m, s) for m, s in zip(numeric["auroc_a_mean"], numeric["auroc_a_sd"])],
+        "AUROC b (%)": [format_auroc(m, s) for m, s in zip(numeric["auroc_b_mean"], numeric["auroc_b_sd"])],
         "Δ (%) [95% CI]": [f"{100 * d:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]" for d, lo, hi in
-                           zip(tests["delta_mean"], tests["delta_ci_low"], tests["delta_ci_high"])],
-        "p a>b": [format_p(p, n_resamples=n_resamples) for p in tests["p_a_gt_b"]],
-        "p b>a": [format_p(p, n_resamples=n_resamples) for p in tests["p_b_gt_a"]],
-        "p two-sided": [format_p(p, n_resamples=n_resamples) for p in tests["p_two_sided"]],
-        "p two-sided (BH)": [format_p(p, n_resamples=n_resamples) for p in tests["p_two_sided_bh"]],
+                           zip(numeric["delta_mean"], numeric["delta_ci_low"], numeric["delta_ci_high"])],
+        "p a>b": [format_p(p, n_resamples=n_resamples) for p in numeric["p_a_gt_b"]],
+        "p b>a": [format_p(p, n_resamples=n_resamples) for p in numeric["p_b_gt_a"]],
+        "p two-sided": [format_p(p, n_resamples=n_resamples) for p in numeric["p_two_sided"]],
+        "p two-sided (BH)": [format_p(p, n_resamples=n_resamples) for p in numeric["p_two_sided_bh"]],
     })
-    note = _note(n_resamples, unit, family, "p a>b is the study's one-sided 1 - mean(AUC_a > AUC_b).")
-    return Table(tests.reset_index(drop=True), display, note)
+    note = _note(n_resamples, unit, family, "p a>b is the study's one-sided 1 - mean(AUC_a > AUC_b). "
+                 + notes.text())
+    return Table(numeric, display, note)
 
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
