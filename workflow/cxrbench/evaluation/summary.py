@@ -3,7 +3,7 @@ where the tables, figures and report are, the headline macro AUROC per initialis
 and what was quarantined or skipped on the way.
 
 It only reads files the run wrote (``tables/auroc_main.csv``, each dataset's ``rejected.parquet``);
-whatever is missing (a run that stopped before evaluation) is said, never an error.
+whatever is missing (a run that requested only earlier stages) is said, never an error.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def run_summary(layout: Layout, *, datasets: list[str], inits: list[str], varian
             "Report: run `snakemake --report report.zip` to bundle tables and figures",
         ]
     else:
-        lines.append(f"No evaluation tables yet ({main_csv} is missing): the run stopped before `aggregate`.")
+        # e.g. only labels or preprocessing were requested: say where the tables will come from
+        lines.append(f"No evaluation tables yet ({main_csv} is written by the `aggregate` rule).")
     lines += ["Preprocessing:", *_quarantine(layout, datasets=datasets, variant=variant)]
     return "\n".join(lines) + "\n"
