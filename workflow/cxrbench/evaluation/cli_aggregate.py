@@ -18,7 +18,6 @@ import pandas as pd
 from cxrbench.config import ConfigError, parse_settings
 from cxrbench.evaluation.comparisons import adjust_bh
 from cxrbench.evaluation.figures import forest_figure, heatmap_figure, heatmap_scale, roc_figure, save_figure
-from cxrbench.evaluation.metrics import MACRO
 from cxrbench.evaluation.outputs import (
     figure_files,
     figure_names,

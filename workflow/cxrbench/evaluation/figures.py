@@ -149,7 +149,7 @@ def heatmap_figure(metrics: pd.DataFrame, *, dataset: str, inits: list[str], sca
             elif not np.isfinite(v):
                 in_set = len(m[(m["init"] == init) & (m["label"] == label)]) > 0
                 text = ("– " + notes.mark(UNDEFINED, "AUROC undefined: no positive (or no negative) test image")
-                        if in_set else "n/a " + notes.mark(NOT_IN_SET, f"not in the run's label set"))
+                        if in_set else "n/a " + notes.mark(NOT_IN_SET, "not in the run's label set"))
             else:
                 text = f"{v:.1f}"
                 if label != MACRO and few_positives(*counts.loc[label], min_positives=min_positives):
