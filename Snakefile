@@ -30,3 +30,13 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+# End-of-run summary on stderr: where the outputs are, the headline numbers, what was quarantined.
+onsuccess:
+    import sys
+    from cxrbench.evaluation.summary import run_summary
+
+    print(run_summary(LAYOUT, datasets=DATASETS, inits=INITS, variant=VARIANT,
+                      pretrain_datasets=aggregate_settings()["pretrain_datasets"],
+                      n_resamples=config["evaluation"]["n_bootstrap"]), file=sys.stderr)

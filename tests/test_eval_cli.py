@@ -22,12 +22,13 @@ from cxrbench.evaluation.outputs import DESCRIPTIONS, figure_names, stats_files,
 from test_eval_fixtures import predict, truth
 
 EVAL = {"n_bootstrap": 100, "resample_unit": "image", "threshold_mode": "validation", "reference_init": None,
-        "alpha": 0.05, "fdr_family": "all"}
+        "alpha": 0.05, "fdr_family": "per_pair", "min_positives": 10}
 INITS = ["random", "mimic_sl", "dino"]
 
 
 def _settings(**evaluation) -> str:
-    return json.dumps({"evaluation": {**EVAL, **evaluation}, "seed": 5, "inits": INITS, "pipeline_inits": ["mimic_sl"]})
+    return json.dumps({"evaluation": {**EVAL, **evaluation}, "seed": 5, "inits": INITS, "pipeline_inits": ["mimic_sl"],
+                       "pretrain_datasets": {"mimic_sl": "chexpert"}})
 
 
 def _write_runs(root: Path) -> dict[str, dict[str, Path]]:
@@ -109,8 +110,10 @@ def test_stats_content(pipeline_run: Path) -> None:
     assert dino["p_two_sided_bh"] < 0.05 and dino["reference"] == "random"
     overlap = pd.read_csv(pipeline_run / "tables" / "auroc_overlap.csv")
     assert set(overlap["init"]) == {"random", "dino"} and overlap["n_labels"].eq(3).all()
-    assert "± " in (pipeline_run / "tables" / "auroc_per_label_vindr.md").read_text()
-    assert r"$\pm$" in (pipeline_run / "tables" / "auroc_main.tex").read_text()
+    per_label = (pipeline_run / "tables" / "auroc_per_label_vindr.md").read_text()
+    assert "± " in per_label and "Pleural effusion" in per_label and "pleural_effusion" not in per_label
+    tex = (pipeline_run / "tables" / "auroc_main.tex").read_text()
+    assert r"$\pm$" in tex and r"AUROC (\%)" in tex and r"AUC\_init $>$ AUC\_random" in tex  # caption escaped
 
 
 def test_outputs_are_deterministic(pipeline_run: Path, tmp_path: Path) -> None:
@@ -238,3 +241,98 @@ def test_snakemake_rules_and_report(tmp_path: Path) -> None:
                          text=True, timeout=600, check=False)
     assert rep.returncode == 0, rep.stderr[-3000:]
     assert (tmp_path / "report.zip").stat().st_size > 10_000
+
+
+def test_main_table_reads_like_the_study(pipeline_run: Path) -> None:
+    """Datasets as rows, the one-sided study p beside the two-sided BH p, and every n/a with its reason."""
+    md = (pipeline_run / "tables" / "auroc_main.md").read_text()
+    header = md.splitlines()[0]
+    assert "p dino > random (one-sided)" in header and "p dino vs random (two-sided, BH)" in header
+    chexpert = next(line for line in md.splitlines() if line.startswith("| chexpert"))
+    assert "n/a (a)" in chexpert
+    assert "(a) no run: chexpert is the pre-training set of mimic_sl" in md
+    vindr = next(line for line in md.splitlines() if line.startswith("| vindr"))
+    assert "[3 of 4] (c)" in vindr  # the label-subset run, counted against the dataset's evaluable labels
+    numeric = pd.read_csv(pipeline_run / "tables" / "auroc_main.csv")
+    dino = numeric[(numeric["init"] == "dino") & (numeric["dataset"] == "vindr")].iloc[0]
+    assert f"{dino['p_init_gt_ref']:.3f}" in vindr or dino["p_init_gt_ref"] == 0
+    readme = (pipeline_run / "README.md").read_text()
+    assert readme.index("Headline") < readme.index("## Files") and "(a) no run: chexpert" in readme
+
+
+def _with_few_positives(gt: pd.DataFrame, label: str, n_pos: int) -> pd.DataFrame:
+    """Keep only ``n_pos`` positive test images of ``label`` (the rest become negative)."""
+    gt = gt.copy()
+    rows = gt.index[(gt["split"] == "test") & (gt["label"] == label) & (gt["target"] == 1.0)]
+    gt.loc[rows[n_pos:], "target"] = 0.0
+    return gt
+
+
+def test_few_positives_and_undefined_labels_are_marked(tmp_path: Path) -> None:
+    gt = _with_few_positives(_with_few_positives(truth(seed=3, n_patients=60), "cardiomegaly", 2),
+                             "pneumothorax", 0)
+    runs = {}
+    for init, signal, seed in (("random", 0.5, 1), ("dino", 4.0, 2)):
+        runs[init] = tmp_path / f"{init}.parquet"
+        predict(gt, signal=signal, seed=seed).to_parquet(runs[init])
+    settings = _settings(min_positives=5)
+    with pytest.warns(UndefinedMetricWarning):
+        assert _evaluate(runs, "vindr", tmp_path / "stats" / "vindr", settings) == 0
+    assert _aggregate({"vindr": tmp_path / "stats" / "vindr"}, tmp_path, settings) == 0
+    md = (tmp_path / "tables" / "auroc_per_label_vindr.md").read_text()
+    cardio = next(line for line in md.splitlines() if line.startswith("| Cardiomegaly"))
+    assert cardio.count("(d)") == 3 and "(d) fewer than 5 test positives" in md  # both AUROCs and the p
+    ptx = next(line for line in md.splitlines() if line.startswith("| Pneumothorax"))
+    assert "– (b)" in ptx and "no positive test image" in md
+    csv = pd.read_csv(tmp_path / "tables" / "auroc_per_label_vindr.csv").set_index("label")
+    assert bool(csv.loc["cardiomegaly", "few_positives"]) and not bool(csv.loc["atelectasis", "few_positives"])
+    main_md = (tmp_path / "tables" / "auroc_main.md").read_text()
+    assert "| 3 of 4 (b)" in main_md and "(b) k of n: only k labels" in main_md
+    assert "vindr: Pneumothorax" in main_md  # which label, by its display name
+
+
+def test_bh_family_ignores_an_extra_arm(tmp_path: Path) -> None:
+    """Adding a `random` arm must not change the adjusted p of dinov2 vs imagenet (family per pair)."""
+    adjusted = {}
+    for arms in (("imagenet", "dinov2"), ("imagenet", "dinov2", "random")):
+        root = tmp_path / "-".join(arms)
+        stats = {}
+        for k, ds in enumerate(("vindr", "chexpert", "padchest")):
+            gt = truth(seed=k, n_patients=50)
+            runs = {}
+            for init, signal in (("imagenet", 1.5), ("dinov2", 1.9), ("random", 0.3)):
+                if init in arms:
+                    runs[init] = root / init / f"{ds}.parquet"
+                    runs[init].parent.mkdir(parents=True, exist_ok=True)
+                    predict(gt, signal=signal, seed=100 * k + len(init)).to_parquet(runs[init])
+            settings = json.dumps({"evaluation": {**EVAL, "reference_init": "imagenet"}, "seed": 5,
+                                   "inits": list(arms), "pipeline_inits": []})
+            assert _evaluate(runs, ds, root / "stats" / ds, settings) == 0
+            stats[ds] = root / "stats" / ds
+        assert _aggregate(stats, root, settings) == 0
+        t = pd.read_csv(root / "tables" / "pairwise_tests.csv")
+        adjusted[arms] = t[(t["init_a"] == "imagenet") & (t["init_b"] == "dinov2")].set_index(
+            ["dataset", "label"])["p_two_sided_bh"].sort_index()
+    two, three = adjusted.values()
+    assert len(two) == 3 * 5 and (two < 1).any()
+    pd.testing.assert_series_equal(two, three)
+
+
+def test_run_summary_names_outputs_headline_and_quarantine(pipeline_run: Path) -> None:
+    from cxrbench.evaluation.summary import run_summary
+    from cxrbench.paths import Layout
+
+    layout = Layout(pipeline_run)
+    rejected = layout.rejected("vindr", "paper-64")
+    rejected.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"image_id": ["x", "y"], "reason": ["truncated", "not_an_image"]}).to_parquet(rejected)
+    text = run_summary(layout, datasets=["vindr", "chexpert"], inits=INITS, variant="paper-64",
+                       pretrain_datasets={"mimic_sl": "chexpert"}, n_resamples=100)
+    assert str(layout.tables_dir()) in text and str(layout.figures_dir()) in text and "report" in text
+    vindr = next(line for line in text.splitlines() if line.strip().startswith("vindr"))
+    assert len(vindr.split()) >= 4 and "n/a" not in vindr and "(p < 0.01)" in vindr
+    assert "skipped: no run: chexpert is the pre-training set of mimic_sl" in text
+    assert "vindr: 2 image(s) quarantined" in text and "truncated (1)" in text
+    empty = run_summary(Layout(pipeline_run / "nothing"), datasets=["vindr"], inits=INITS, variant="paper-64",
+                        pretrain_datasets={}, n_resamples=100)
+    assert "No evaluation tables yet" in empty and "no image quarantined" in empty

@@ -18,6 +18,14 @@ def evaluation_settings() -> dict:
     }
 
 
+def aggregate_settings() -> dict:
+    """The evaluation settings plus each pipeline init's pre-training dataset (tables say why it has no run there)."""
+    return {
+        **evaluation_settings(),
+        "pretrain_datasets": {i: config["initialisations"][i]["pretrain_dataset"] for i in PIPELINE_INITS},
+    }
+
+
 def evaluated_inits(ds: str) -> list:
     """Initialisations with a run on dataset ``ds``, in config order."""
     return [init for init, d in TRAIN_RUNS if d == ds]
@@ -91,7 +99,7 @@ rule aggregate:
     output:
         **aggregate_outputs(),
     params:
-        settings=settings(evaluation_settings()),
+        settings=settings(aggregate_settings()),
         stats=" ".join("--stats " + shlex.quote(f"{ds}={LAYOUT.stats_dir(ds)}") for ds in EVAL_DATASETS),
         tables=shlex.quote(str(LAYOUT.tables_dir())),
         figures=shlex.quote(str(LAYOUT.figures_dir())),

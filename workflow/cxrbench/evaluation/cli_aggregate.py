@@ -17,8 +17,7 @@ import pandas as pd
 
 from cxrbench.config import ConfigError, parse_settings
 from cxrbench.evaluation.comparisons import adjust_bh
-from cxrbench.evaluation.figures import forest_figure, heatmap_figure, roc_figure, save_figure
-from cxrbench.evaluation.metrics import MACRO
+from cxrbench.evaluation.figures import forest_figure, heatmap_figure, heatmap_scale, roc_figure, save_figure
 from cxrbench.evaluation.outputs import (
     figure_files,
     figure_names,
@@ -31,7 +30,7 @@ from cxrbench.evaluation.tables import Table, main_table, overlap_table, per_lab
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["add_arguments", "aggregate", "reference_init", "run"]
+__all__ = ["add_arguments", "aggregate", "pretrain_datasets", "reference_init", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,6 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def reference_init(settings: dict[str, Any]) -> str:
     """The configured reference initialisation, or the first one."""
     return settings["evaluation"].get("reference_init") or settings["inits"][0]
+
+
+def pretrain_datasets(settings: dict[str, Any]) -> dict[str, str]:
+    """Pipeline initialisation -> its pre-training dataset (where it has no run, by design)."""
+    return dict(settings.get("pretrain_datasets") or {})
 
 
 def _read(stats: dict[str, Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
@@ -72,17 +76,20 @@ def aggregate(
     inits = list(settings["inits"])
     ref = reference_init(settings)
     common = {"n_resamples": n_resamples, "unit": ev["resample_unit"], "family": ev["fdr_family"]}
+    pretrain = pretrain_datasets(settings)
     adjusted = adjust_bh(tests, family=ev["fdr_family"], alpha=ev["alpha"])
     tables = {
-        "auroc_main": main_table(metrics, adjusted, inits=inits, datasets=datasets, reference=ref, **common),
-        "pairwise_tests": tests_table(adjusted, **common),
+        "auroc_main": main_table(metrics, adjusted, inits=inits, datasets=datasets, reference=ref,
+                                 pretrain_datasets=pretrain, **common),
+        "pairwise_tests": tests_table(adjusted, metrics, min_positives=int(ev["min_positives"]), **common),
     }
     if settings.get("pipeline_inits"):
         tables["auroc_overlap"] = overlap_table(adjusted, pipeline_inits=list(settings["pipeline_inits"]),
-                                                inits=inits, **common)
+                                                inits=inits, datasets=datasets, pretrain_datasets=pretrain, **common)
     for ds in datasets:
         tables[f"auroc_per_label_{ds}"] = per_label_table(metrics, adjusted, dataset=ds, inits=inits, reference=ref,
-                                                          **common)
+                                                          min_positives=int(ev["min_positives"]),
+                                                          pretrain_datasets=pretrain, **common)
     return adjusted, tables
 
 
@@ -114,20 +121,23 @@ def run(args: argparse.Namespace) -> int:
         write_table(table, files)
         written += files.values()
     inits = list(settings["inits"])
-    point = metrics[["dataset", "init", "label", "auroc"]]
+    min_pos = int(settings["evaluation"]["min_positives"])
+    pretrain = pretrain_datasets(settings)
+    scale = heatmap_scale(metrics)  # one colour scale for the whole heatmap family
     for ds in datasets:
         for kind in ("roc", "heatmap"):
             if kind == "roc":
-                fig = roc_figure(roc[roc["dataset"] == ds], dataset=ds, inits=inits,
-                                 aurocs=point[(point["dataset"] == ds) & (point["label"] != MACRO)])
+                fig = roc_figure(roc[roc["dataset"] == ds], dataset=ds, inits=inits, metrics=metrics,
+                                 min_positives=min_pos)
             else:
-                fig = heatmap_figure(metrics, dataset=ds, inits=inits)
+                fig = heatmap_figure(metrics, dataset=ds, inits=inits, scale=scale, min_positives=min_pos,
+                                     pretrain_datasets=pretrain)
             files = figure_files(figures_dir, f"{kind}_{ds}")
             save_figure(fig, files)
             written += files.values()
     files = figure_files(figures_dir, "forest")
     save_figure(forest_figure(adjusted, inits=inits, reference=reference_init(settings),
-                              datasets=datasets), files)
+                              datasets=datasets, pretrain_datasets=pretrain), files)
     written += files.values()
     readme = Path(args.readme)
     root = readme.parent
@@ -136,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     rel = [Path(os.path.relpath(p, root)).as_posix() for p in written]
     rel.append(readme.name)
     full = {**settings, "reference_init": reference_init(settings)}
-    readme.write_text(results_readme(full, rel), encoding="utf-8")
+    readme.write_text(results_readme(full, rel, headline=tables["auroc_main"]), encoding="utf-8")
     _logger.info("wrote %d tables, %d figures and %s", len(tables), len(figure_names(datasets)), readme)
     return 0
 
