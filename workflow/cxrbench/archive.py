@@ -415,12 +415,12 @@ def scan_sources(results: Path, datasets: dict[str, dict[str, Any]], *, base: Pa
                 scan.values.setdefault(value, tag)
     for q in scan.quarantined:
         _logger.warning(
-            "quarantined source (not checked for identifiers): dataset %s, image %s, %s: %s %s",
+            "quarantined source (not checked for identifiers): dataset %s, image %s, %s: %s%s",
             q.dataset,
             q.image_id,
             q.path,
             q.reason,
-            q.detail,
+            f" ({q.detail})" if q.detail else "",
         )
     _logger.info(
         "read %d DICOM headers: %d identifying values; %d sources quarantined",
@@ -815,15 +815,15 @@ def write_crate(
             )
         )
     for name, entry in sorted(config.get("datasets", {}).items()):
-        props: dict[str, Any] = {
+        dataset_props: dict[str, Any] = {
             "@type": "Dataset",
             "name": f"{name} ({entry.get('adapter')})",
             "description": "Source images and label files, read in place; credentialed, not redistributed.",
             "exampleOfWork": {"@id": fp_data.id},
         }
         if name in skipped:
-            props["additionalProperty"] = [{"@id": e.id} for e in skipped[name]]
-        objects.append(crate.add(ContextEntity(crate, f"#dataset-{name}", properties=props)))
+            dataset_props["additionalProperty"] = [{"@id": e.id} for e in skipped[name]]
+        objects.append(crate.add(ContextEntity(crate, f"#dataset-{name}", properties=dataset_props)))
     action = crate.add_action(
         wf,
         identifier="#run",
