@@ -17,6 +17,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import jsonschema
 import pandas as pd
 import pyarrow.parquet as pq
 import pydicom
@@ -31,6 +32,7 @@ from cxrbench.archive import (
 )
 from cxrbench.archive_verify import verify_archive
 from cxrbench.cli import main
+from cxrbench.config import load_schema
 from cxrbench.imaging.decode import decode
 from PIL import Image
 from pydicom.data import get_testdata_file
@@ -309,3 +311,13 @@ def test_an_existing_key_is_reused_and_a_malformed_one_refused(tmp_path: Path) -
     key_file.write_text("not a key")
     with pytest.raises(ArchiveError, match=r"key.*is not a 64-digit hex key"):
         build_archive(config, results=res, out=tmp_path / "again.tar.gz", report=False)
+
+
+def test_schema_declares_the_archive_options() -> None:
+    section = load_schema()["properties"]["archive"]
+    jsonschema.validate({"identifiers": "keep", "secret": "/secure/key"}, section)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"identifiers": "hash"}, section)
+    assert archive_options({}) == {"identifiers": "pseudonymise", "secret": ".cxrbench-secret/key"}
+    with pytest.raises(ArchiveError, match="archive.identifiers"):
+        archive_options({"archive": {"identifiers": "hash"}})

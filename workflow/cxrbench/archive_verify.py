@@ -191,5 +191,5 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         _logger.error("%s: %d problem(s)", args.path, len(problems))
         return 1
-    _logger.info("%s: every checksum matches, nothing unlisted, no forbidden file, no identifier found", args.path)
+    _logger.info("%s: every check that ran passed (checksums, listing, forbidden files, identifiers)", args.path)
     return 0
