@@ -122,6 +122,7 @@ def _tree(tmp: Path, mode: str = "pseudonymise") -> tuple[dict, Path]:
     stats.mkdir(parents=True)
     units = pd.DataFrame({"position": range(len(DECODED)), "unit_id": sorted(DECODED)})
     units.to_parquet(stats / "bootstrap_units.parquet")
+    pd.DataFrame({"patient_id": [104578, 94254], "n": [1, 2]}).to_parquet(stats / "numeric_ids.parquet")
     (stats / "per_image.csv").write_text("image_id,score\n" + "".join(f"{i},0.5\n" for i in DECODED))
     (res / "tables").mkdir()
     (res / "tables" / "auroc_main.csv").write_text("init,odd\nrandom,0.75\n")
@@ -209,6 +210,8 @@ def test_default_archive_pseudonymises_every_id_and_lists_quarantined_sources(
     units = pd.read_parquet(top / "results" / "stats" / "odd" / "bootstrap_units.parquet")
     assert list(units["unit_id"]) == [pseudo(i) for i in sorted(DECODED)]
     per_image = pd.read_csv(top / "results" / "stats" / "odd" / "per_image.csv")
+    numeric = pd.read_parquet(top / "results" / "stats" / "odd" / "numeric_ids.parquet")
+    assert list(numeric["patient_id"]) == [pseudo("104578"), pseudo("94254")]
     assert list(per_image["image_id"]) == [pseudo(i) for i in DECODED]
 
     # The key holder re-joins published predictions to images with the table next to the key.

@@ -479,9 +479,9 @@ def pseudonymise_table(path: Path, key: bytes) -> int:
         cols = [c for c in ID_COLUMNS if c in table.column_names]
         for col in cols:
             i = table.column_names.index(col)
-            typ = table.schema.field(i).type
             values = [None if v is None else pseudonym(key, v) for v in table.column(i).to_pylist()]
-            table = table.set_column(i, table.schema.field(i), pa.array(values, type=pa.string()).cast(typ))
+            # Pseudonyms are strings whatever the id column held (integer ids included).
+            table = table.set_column(i, table.schema.field(i).with_type(pa.string()), pa.array(values, pa.string()))
         if cols:
             pq.write_table(table, path)
         return len(cols)
