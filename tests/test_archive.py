@@ -24,7 +24,7 @@ from cxrbench.archive import (
     ArchiveError,
     IdentifierIndex,
     build_archive,
-    dicom_identifiers,
+    header_identifiers,
 )
 from cxrbench.archive_verify import verify_archive
 from cxrbench.cli import main
@@ -101,6 +101,7 @@ def _write_tree(tmp: Path) -> tuple[dict, Path]:
         "results": str(res),
         "seed": 1,
         "demo": {"enabled": False},
+        "archive": {"identifiers": "pseudonymise", "secret": str(tmp / "secret" / "key")},
         "datasets": {"vindr": {"adapter": "vindr", "root": str(root), "label_set": "study_vindr"}},
         "initialisations": {"random": {"model": "vit_tiny_patch16_224", "source": "none"}},
     }
@@ -230,6 +231,7 @@ def test_identifier_in_a_text_file_fails_the_archive(tmp_path: Path, tree, where
 
 def test_identifier_inside_compressed_parquet_fails_the_archive(tmp_path: Path, tree) -> None:
     config, res = tree
+    config["archive"]["identifiers"] = "keep"  # pseudonymise would hash the patient_id column
     run = res / "runs" / "random" / "vindr"
     table = pa.table(
         {
@@ -242,7 +244,8 @@ def test_identifier_inside_compressed_parquet_fails_the_archive(tmp_path: Path, 
         }
     )
     pq.write_table(table, run / "predictions.parquet", compression="zstd", use_dictionary=True)
-    with pytest.raises(ArchiveError, match=r"predictions.parquet: contains the patient-identifying value '9RG1'"):
+    hit = r"contains the patient-identifying value '9RG1' \(DICOM PatientID, column patient_id\)"
+    with pytest.raises(ArchiveError, match=rf"predictions.parquet: {hit}"):
         _build(tmp_path, config, res)
 
 
@@ -298,16 +301,19 @@ def test_header_values_of_real_and_demo_dicoms_are_collected(tmp_path: Path) -> 
     from cxrbench.demo import uka, vindr
     from cxrbench.demo.common import Identifiers
 
-    values, dates = dicom_identifiers([DICOM])
-    assert {PATIENT_NAME, PATIENT_ID, str(HEADER.AccessionNumber), str(HEADER.OtherPatientIDs)} <= values
-    assert dates == {BIRTH}
+    values = header_identifiers(DICOM)
+    expected = {PATIENT_NAME, PATIENT_ID, str(HEADER.AccessionNumber), str(HEADER.OtherPatientIDs), BIRTH}
+    assert expected | {str(HEADER.SOPInstanceUID), str(HEADER.StudyInstanceUID)} <= set(values)
+    assert values[BIRTH] == "PatientBirthDate" and values[str(HEADER.AccessionNumber)] == "AccessionNumber"
     ids = Identifiers()
     vindr.write(tmp_path / "vindr", seed=7, n_images=12, identifiers=ids)
     uka.write(tmp_path / "uka", seed=7, n_images=12, identifiers=ids)
-    values, dates = dicom_identifiers(sorted(tmp_path.rglob("*.dicom")) + sorted(tmp_path.rglob("*.dcm")))
+    values = {}
+    for path in sorted(tmp_path.rglob("*.dicom")) + sorted(tmp_path.rglob("*.dcm")):
+        values |= header_identifiers(path)
     # Everything the demo lists is found in the headers, except the non-patient referrer/institution
     # values, which the archive checks from demo-manifest.json.
-    assert set(ids.sorted()) - values - dates <= {"FAKE^REFERRER", "FAKE DEMO HOSPITAL"}
+    assert set(ids.sorted()) - set(values) <= {"FAKE^REFERRER", "FAKE DEMO HOSPITAL"}
 
 
 def test_cli_archive_and_verify(tmp_path: Path, tree) -> None:

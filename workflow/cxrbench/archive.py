@@ -5,27 +5,35 @@ bootstrap indices, resamples, tests), every run's predictions, history and run.j
 README, the resolved config, software versions and the git commit, the Snakemake report, the workflow
 source, a SHA-256 manifest of every file and an RO-Crate (Workflow Run Crate profile).
 
-It never holds images, PNGs, DICOMs, JPEGs, source label files, the harmonised label tables or
-anything under a dataset's ``png/`` or ``cache/`` folder: files are picked from an allow-list of the
-results layout (:class:`cxrbench.paths.Layout`), and every picked file is checked again by name,
-location and content (magic bytes, label-file checksums). Then every file, including the report and
-the metadata written here, is scanned for the patient-identifying values found in the DICOM headers of
-the configured datasets (names, IDs, birth dates, accession numbers ...); one hit fails the archive.
-``cxrbench verify`` re-checks an unpacked archive.
+It never holds images, DICOMs, JPEGs, source label files, the harmonised label tables or anything
+under a dataset's ``png/`` or ``cache/`` folder (the Snakemake report may embed plot PNGs): files are
+picked from an allow-list of the results layout (:class:`cxrbench.paths.Layout`), and every picked
+file is checked again by name, location and content (magic bytes, label-file checksums).
+
+Image and patient ids are published as keyed hashes (``archive.identifiers: pseudonymise``, HMAC-SHA256
+under a project key kept outside ``results/``) or as they are (``keep``). Then every file, including
+the report and the metadata written here, is scanned for the patient-identifying values found in the
+DICOM headers of the configured datasets (names, IDs, birth dates, accession numbers, instance UIDs);
+one hit fails the archive. DICOM sources are found by content, not by name; a source whose header
+cannot be read is quarantined (logged, listed in the crate), not fatal. ``cxrbench verify`` re-checks
+an unpacked archive.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import gzip
 import hashlib
+import hmac
 import importlib.metadata
 import json
 import logging
 import os
 import platform
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -39,23 +47,34 @@ from typing import Any
 
 import yaml
 
-from cxrbench.config import REPO_ROOT, parse_settings
+from cxrbench.config import REPO_ROOT, load_schema, parse_settings
 from cxrbench.paths import Layout
 
 _logger = logging.getLogger(__name__)
 
 __all__ = [
     "CRATE_NAME",
+    "ID_COLUMNS",
     "MANIFEST_NAME",
     "PHI_TAGS",
     "ArchiveError",
     "IdentifierIndex",
+    "Quarantined",
+    "SourceScan",
+    "archive_options",
     "build_archive",
     "collect_files",
-    "dicom_identifiers",
+    "demo_identifiers",
     "forbidden_reason",
+    "header_identifiers",
+    "identifier_leaks",
+    "load_secret",
+    "pseudonym",
+    "pseudonymise_table",
     "scan_file",
+    "scan_sources",
     "sha256_file",
+    "sniff",
 ]
 
 MANIFEST_NAME = "MANIFEST.sha256"
@@ -73,9 +92,17 @@ PHI_TAGS: tuple[str, ...] = (
     "PatientAddress",
     "PatientTelephoneNumbers",
     "MedicalRecordLocator",
+    # Instance UIDs are unique per study/series/image and link back to the hospital's records.
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
 )
 _DATE_TAGS = {"PatientBirthDate"}
-_DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
+# Elements every radiograph header has: a header-less file without any of them is not a DICOM.
+_HEADER_PROBES = ("SOPClassUID", "Modality", "Rows", "Columns", "PhotometricInterpretation")
+# Columns of published tables that hold image or patient ids (predictions, bootstrap units).
+ID_COLUMNS = ("image_id", "patient_id", "unit_id")
+IDENTIFIER_MODES = ("pseudonymise", "keep")
 # Values that carry no identity (anonymised placeholders); shorter values are too ambiguous to search.
 _PLACEHOLDERS = {"anonymous", "anonymized", "anonymised", "anon", "unknown", "none", "null", "removed", "n/a"}
 _MIN_ALNUM = 4
@@ -241,71 +268,267 @@ class IdentifierIndex:
         return hits
 
 
-def dicom_identifiers(paths: Iterable[Path]) -> tuple[set[str], set[str]]:
-    """(identifying values, birth dates) from the headers of the given DICOM files (pixels not read)."""
+class UnreadableHeader(Exception):
+    """A source whose DICOM header cannot be read; it is quarantined (listed), not checked."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A source the header scan could not read: named in the archive log and in the RO-Crate."""
+
+    dataset: str
+    image_id: str
+    path: Path
+    reason: str  # a fixed phrase (it goes into the crate); ``detail`` (log only) may quote pydicom
+    detail: str = ""
+
+
+@dataclass
+class SourceScan:
+    """The identifying header values of a run's sources and the sources that could not be read."""
+
+    values: dict[str, str] = field(default_factory=dict)  # value -> DICOM keyword it came from
+    quarantined: list[Quarantined] = field(default_factory=list)
+    headers_read: int = 0
+    # dataset -> (image ids, patient ids) from its index.parquet: what pseudonymisation maps.
+    ids: dict[str, tuple[set[str], set[str]]] = field(default_factory=dict)
+
+
+def sniff(path: Path) -> str:
+    """What a source is by content: ``missing``, ``empty``, ``image`` (PNG/JPEG/JPEG 2000/TIFF magic),
+    ``dicom`` (128-byte preamble + ``DICM``) or ``unknown`` (maybe a header-less ACR-NEMA file)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(144)
+    except OSError:  # absent, a broken link, a folder, unreadable
+        return "missing"
+    if not head:
+        return "empty"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if any(head[offset : offset + len(magic)] == magic for offset, magic, _ in _MAGIC):
+        return "image"
+    return "unknown"
+
+
+def header_identifiers(path: Path, *, headerless: bool = False) -> dict[str, str]:
+    """The identifying values in the DICOM header of ``path``, each with its attribute keyword.
+
+    Pixels are not read; birth dates are under ``PatientBirthDate`` (:data:`_DATE_TAGS`).
+
+    ``headerless``: the file has no preamble/``DICM`` marker; it counts as a DICOM only when pydicom
+    finds header elements in it, as preprocessing decides (:func:`cxrbench.imaging.decode.decode`).
+
+    Raises:
+        UnreadableHeader: pydicom cannot parse the header, or a header-less file holds no DICOM elements.
+    """
     import pydicom
 
-    values: set[str] = set()
-    dates: set[str] = set()
-    n = 0
-    for path in paths:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(PHI_TAGS))
-        except Exception as exc:  # an unreadable header cannot be checked: say so, do not skip silently
-            raise ArchiveError(f"cannot read the DICOM header of {path}: {exc}") from exc
-        n += 1
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=[*PHI_TAGS, *_HEADER_PROBES])
+        present = [tag for tag in (*PHI_TAGS, *_HEADER_PROBES) if tag in ds]
+        if headerless and not present:
+            raise UnreadableHeader("no DICOM header elements (not PNG, JPEG or DICOM)")
+        values: dict[str, str] = {}
         for tag in PHI_TAGS:
-            if tag not in ds or ds[tag].value in (None, ""):
+            if tag not in present or ds[tag].value in (None, ""):
                 continue
             elem = ds[tag]
-            items = elem.value if elem.VM > 1 else [elem.value]
-            for item in items:
+            for item in elem.value if elem.VM > 1 else [elem.value]:
                 text = str(item).strip()
                 if text:
-                    (dates if tag in _DATE_TAGS else values).add(text)
+                    values.setdefault(text, tag)
                     if "^" in text:  # person names: also the family^given parts joined by a space
-                        values.add(" ".join(p for p in text.split("^") if p))
-    _logger.info("read %d DICOM headers: %d identifying values, %d birth dates", n, len(values), len(dates))
-    return values, dates
+                        values.setdefault(" ".join(p for p in text.split("^") if p), tag)
+    except UnreadableHeader:
+        raise
+    except Exception as exc:  # pydicom raises many types on garbage; the caller quarantines the source
+        raise UnreadableHeader("DICOM header unreadable", f"{type(exc).__name__}: {exc}") from exc
+    return values
 
 
-def dataset_dicoms(results: Path, datasets: dict[str, dict[str, Any]]) -> list[Path]:
-    """The source DICOM files of every configured dataset, from its index.parquet ``source_path``."""
+def _manifest_formats(layout: Layout, ds: str) -> dict[str, str]:
+    """image id -> ``source_format`` from every preprocessing manifest of ``ds`` (``dicom`` wins)."""
+    import pyarrow.parquet as pq
+
+    formats: dict[str, str] = {}
+    for manifest in sorted(layout.dataset_dir(ds).glob("png/*/manifest.parquet")):
+        table = pq.read_table(manifest, columns=["image_id", "source_format"]).to_pydict()
+        for image_id, fmt in zip(table["image_id"], table["source_format"], strict=True):
+            if fmt is not None and formats.get(str(image_id)) != "dicom":
+                formats[str(image_id)] = str(fmt)
+    return formats
+
+
+def scan_sources(results: Path, datasets: dict[str, dict[str, Any]], *, base: Path | None = None) -> SourceScan:
+    """Read the identifying header values of every DICOM source of every configured dataset.
+
+    A source is a DICOM when preprocessing decoded it as one (``source_format`` in the manifests) or
+    its content says so (``DICM`` marker, or a header-less file with DICOM elements), whatever its
+    name. Sources whose format preprocessing already established as PNG/JPEG are not opened. A
+    missing, empty or unparseable source is quarantined: listed, not fatal. ``base`` resolves relative
+    dataset roots (default: the current directory).
+
+    Raises:
+        ArchiveError: a dataset's index.parquet is missing.
+    """
     import pyarrow.parquet as pq
 
     layout = Layout(results)
-    found: list[Path] = []
+    scan = SourceScan()
     for name, entry in datasets.items():
         index = layout.index(name)
         if not index.is_file():
-            raise ArchiveError(f"{index} is missing: cannot list dataset {name!r}'s source DICOMs for the PHI check")
-        root = Path(entry["root"])
-        for rel in pq.read_table(index, columns=["source_path"]).column("source_path").to_pylist():
-            if rel and Path(rel).suffix.lower() in _DICOM_SUFFIXES:
-                path = root / rel
-                if path.is_file():
-                    found.append(path)
-    return found
+            raise ArchiveError(f"{index} is missing: cannot list dataset {name!r}'s sources for the PHI check")
+        root = Path(base or ".") / entry["root"]
+        formats = _manifest_formats(layout, name)
+        table = pq.read_table(index, columns=["image_id", "patient_id", "source_path"]).to_pydict()
+        image_ids = {str(v) for v in table["image_id"] if v is not None}
+        patient_ids = {str(v) for v in table["patient_id"] if v is not None}
+        scan.ids[name] = (image_ids, patient_ids)
+        for image_id, rel in zip(table["image_id"], table["source_path"], strict=True):
+            image_id = str(image_id)
+            fmt = formats.get(image_id)
+            if fmt is not None and fmt != "dicom":
+                continue  # preprocessing decoded its content as PNG/JPEG
+            path = root / str(rel)
+            kind = sniff(path)
+            if kind == "image":
+                continue
+            if kind in ("missing", "empty"):
+                scan.quarantined.append(Quarantined(name, image_id, path, f"source file is {kind}"))
+                continue
+            try:
+                # Without the DICM marker the content must show DICOM elements; a real header-less
+                # ACR-NEMA radiograph always has some (Rows at least), garbage has none.
+                values = header_identifiers(path, headerless=kind == "unknown")
+            except UnreadableHeader as exc:
+                scan.quarantined.append(Quarantined(name, image_id, path, exc.reason, exc.detail))
+                continue
+            scan.headers_read += 1
+            for value, tag in values.items():
+                scan.values.setdefault(value, tag)
+    for q in scan.quarantined:
+        _logger.warning(
+            "quarantined source (not checked for identifiers): dataset %s, image %s, %s: %s%s",
+            q.dataset,
+            q.image_id,
+            q.path,
+            q.reason,
+            f" ({q.detail})" if q.detail else "",
+        )
+    _logger.info(
+        "read %d DICOM headers: %d identifying values; %d sources quarantined",
+        scan.headers_read,
+        len(scan.values),
+        len(scan.quarantined),
+    )
+    return scan
 
 
-def _parquet_text(path: Path) -> Iterator[str]:
-    """Column names, schema metadata and every distinct string/integer value of a Parquet file."""
+# --- pseudonymous identifiers --------------------------------------------------------------------
+
+
+def pseudonym(key: bytes, value: str) -> str:
+    """The published form of an image or patient id: hex HMAC-SHA256 of the id under the project key."""
+    return hmac.new(key, str(value).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def load_secret(path: Path, *, results: Path) -> bytes:
+    """The project key at ``path``, created (32 random bytes, hex, mode 0600) on first use.
+
+    Raises:
+        ArchiveError: the key would lie inside the results folder (and so next to, or inside, the
+            archive), or the file is not a 64-digit hex key.
+    """
+    path = Path(path)
+    if path.resolve().is_relative_to(Path(results).resolve()):
+        raise ArchiveError(
+            f"config key 'archive.secret' ({path}) lies inside the results folder {results}: the key must be kept "
+            "outside results/ and outside the archive"
+        )
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+        _logger.warning("created the pseudonymisation key %s (keep it, never publish it)", path)
+    elif path.stat().st_mode & 0o077:
+        _logger.warning("%s is readable by other users; run: chmod 600 %s", path, path)
+    text = path.read_text(encoding="ascii", errors="replace").strip()
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise ArchiveError(f"{path} (config key 'archive.secret') is not a 64-digit hex key")
+    return bytes.fromhex(text)
+
+
+def pseudonymise_table(path: Path, key: bytes) -> int:
+    """Replace every value of the id columns (:data:`ID_COLUMNS`) of a Parquet or CSV file in place.
+
+    Returns the number of columns rewritten. Other columns, schema metadata and row order are kept.
+    """
+    if path.suffix.lower() == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        cols = [c for c in ID_COLUMNS if c in table.column_names]
+        for col in cols:
+            i = table.column_names.index(col)
+            values = [None if v is None else pseudonym(key, v) for v in table.column(i).to_pylist()]
+            # Pseudonyms are strings whatever the id column held (integer ids included).
+            table = table.set_column(i, table.schema.field(i).with_type(pa.string()), pa.array(values, pa.string()))
+        if cols:
+            pq.write_table(table, path)
+        return len(cols)
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    cols = [i for i, name in enumerate(rows[0] if rows else []) if name in ID_COLUMNS]
+    if cols:
+        for row in rows[1:]:
+            for i in cols:
+                if i < len(row) and row[i] != "":
+                    row[i] = pseudonym(key, row[i])
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh, lineterminator="\n").writerows(rows)
+    return len(cols)
+
+
+def write_mapping(path: Path, key: bytes, ids: dict[str, tuple[set[str], set[str]]]) -> None:
+    """The id -> pseudonym table of every indexed image and patient (CSV, mode 0600), for re-joining."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["dataset", "kind", "id", "pseudonym"])
+        for ds, (image_ids, patient_ids) in sorted(ids.items()):
+            for kind, values in (("image_id", image_ids), ("patient_id", patient_ids)):
+                writer.writerows([ds, kind, v, pseudonym(key, v)] for v in sorted(values))
+    tmp.replace(path)
+
+
+def _parquet_text(path: Path) -> Iterator[tuple[str, str]]:
+    """(where, text): column names, schema metadata and every distinct string/integer value per column."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    yield " ".join(table.column_names)
+    yield "column names", " ".join(table.column_names)
     for key, value in (table.schema.metadata or {}).items():
-        yield key.decode("utf-8", "replace") + " " + value.decode("utf-8", "replace")
-    for col in table.columns:
+        yield "schema metadata", key.decode("utf-8", "replace") + " " + value.decode("utf-8", "replace")
+    for name, col in zip(table.column_names, table.columns, strict=True):
         typ = col.type
         if pa.types.is_dictionary(typ):
             col = col.cast(typ.value_type)
             typ = typ.value_type
         if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_integer(typ):
             uniq = pc.unique(col).to_pylist()
-            yield "\n".join(str(v) for v in uniq if v is not None)
+            yield f"column {name}", "\n".join(str(v) for v in uniq if v is not None)
 
 
 def _pdf_text(data: bytes) -> Iterator[str]:
@@ -318,26 +541,66 @@ def _pdf_text(data: bytes) -> Iterator[str]:
             continue
 
 
-def scan_file(path: Path, index: IdentifierIndex) -> set[str]:
-    """Identifiers found in one file: Parquet by value, PDF with inflated streams, others as bytes."""
+def scan_file(path: Path, index: IdentifierIndex) -> set[tuple[str, str]]:
+    """(identifier, where) found in one file: Parquet by value (where = the column), PDF with inflated
+    streams, others as bytes (where = "")."""
     if not len(index):
         return set()
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        chunks: Iterable[str] = _parquet_text(path)
+        chunks: Iterable[tuple[str, str]] = _parquet_text(path)
     else:
         data = path.read_bytes()
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
         if suffix == ".pdf":
-            chunks = _pdf_text(data)
+            chunks = (("", text) for text in _pdf_text(data))
         else:
             # UTF-8 text as text; undecodable bytes also as Latin-1 so binary files are searched too.
-            chunks = [data.decode("utf-8", "replace"), data.decode("latin-1")]
-    hits: set[str] = set()
-    for chunk in chunks:
-        hits |= index.find(chunk)
+            chunks = [("", data.decode("utf-8", "replace")), ("", data.decode("latin-1"))]
+    hits: set[tuple[str, str]] = set()
+    for where, chunk in chunks:
+        hits |= {(value, where) for value in index.find(chunk)}
     return hits
+
+
+def identifier_leaks(
+    root: Path,
+    scan: SourceScan,
+    *,
+    mode: str,
+    extra: Iterable[str] = (),
+) -> list[str]:
+    """Every place under ``root`` (an archive's top folder) where an identifier occurs, one line each.
+
+    Searched: the header values of ``scan`` and ``extra`` values (the demo's fake identifiers); with
+    ``mode`` ``pseudonymise`` also the raw image/patient ids that contain a letter (all-digit ids
+    would match counts and numbers, so only the id columns guard them).
+    """
+    fields = dict.fromkeys(extra, "demo manifest") | scan.values
+    dates = [v for v, tag in scan.values.items() if tag in _DATE_TAGS]
+    headers = IdentifierIndex.build([v for v in fields if v not in dates], dates=dates)
+    raw = IdentifierIndex()
+    if mode == "pseudonymise":
+        for image_ids, patient_ids in scan.ids.values():
+            for value in image_ids | patient_ids:
+                if any(ch.isalpha() for ch in value):
+                    raw.add(value)
+    leaks: list[str] = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        for value, where in sorted(scan_file(path, headers) | {(v, "") for v in headers.find(rel)}):
+            source = fields.get(value, "demo manifest")
+            source = source if source == "demo manifest" else f"DICOM {source}"
+            at = f", {where}" if where else ""
+            leaks.append(f"{rel}: contains the patient-identifying value {value!r} ({source}{at})")
+        for value, where in sorted(scan_file(path, raw) | {(v, "") for v in raw.find(rel)}):
+            at = f" in {where}" if where else ""
+            leaks.append(
+                f"{rel}: contains the raw image/patient id {value!r}{at}, outside the pseudonymised id columns "
+                f"({', '.join(ID_COLUMNS)})"
+            )
+    return leaks
 
 
 # --- metadata ------------------------------------------------------------------------------------
@@ -451,8 +714,19 @@ _CATEGORIES = (
 )
 
 
-def write_crate(stage: Path, *, config: dict[str, Any], when: dt.datetime, times: tuple[float, float]) -> None:
-    """Write ``ro-crate-metadata.json`` (Workflow Run Crate 0.5) describing the staged files."""
+def write_crate(
+    stage: Path,
+    *,
+    config: dict[str, Any],
+    when: dt.datetime,
+    times: tuple[float, float],
+    quarantined: Iterable[tuple[str, str, str]] = (),
+) -> None:
+    """Write ``ro-crate-metadata.json`` (Workflow Run Crate 0.5) describing the staged files.
+
+    ``quarantined``: (dataset, image id as published, reason) of each source whose header could not be
+    checked; each becomes a ``PropertyValue`` in its dataset entity's ``additionalProperty``.
+    """
     import snakemake
     from rocrate.model.contextentity import ContextEntity
     from rocrate.rocrate import ROCrate
@@ -523,21 +797,33 @@ def write_crate(stage: Path, *, config: dict[str, Any], when: dt.datetime, times
             objects.append(entity)
         elif rel.startswith("results/"):
             results.append(entity)
-    for name, entry in sorted(config.get("datasets", {}).items()):
-        objects.append(
+    skipped: dict[str, list[ContextEntity]] = {}
+    for k, (name, image_id, reason) in enumerate(quarantined):
+        skipped.setdefault(name, []).append(
             crate.add(
                 ContextEntity(
                     crate,
-                    f"#dataset-{name}",
+                    f"#quarantined-{k}",
                     properties={
-                        "@type": "Dataset",
-                        "name": f"{name} ({entry.get('adapter')})",
-                        "description": "Source images and label files, read in place; credentialed, not redistributed.",
-                        "exampleOfWork": {"@id": fp_data.id},
+                        "@type": "PropertyValue",
+                        "name": "quarantined source (header not checked for identifiers)",
+                        "propertyID": "image_id",
+                        "value": image_id,
+                        "description": reason,
                     },
                 )
             )
         )
+    for name, entry in sorted(config.get("datasets", {}).items()):
+        dataset_props: dict[str, Any] = {
+            "@type": "Dataset",
+            "name": f"{name} ({entry.get('adapter')})",
+            "description": "Source images and label files, read in place; credentialed, not redistributed.",
+            "exampleOfWork": {"@id": fp_data.id},
+        }
+        if name in skipped:
+            dataset_props["additionalProperty"] = [{"@id": e.id} for e in skipped[name]]
+        objects.append(crate.add(ContextEntity(crate, f"#dataset-{name}", properties=dataset_props)))
     action = crate.add_action(
         wf,
         identifier="#run",
@@ -605,6 +891,27 @@ def _label_files(config: dict[str, Any]) -> list[Path]:
     return files
 
 
+def archive_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The config's ``archive`` section with the schema's defaults for absent keys."""
+    schema = load_schema()["properties"]["archive"]["properties"]
+    options = {key: spec["default"] for key, spec in schema.items()}
+    options.update(config.get("archive") or {})
+    if options["identifiers"] not in IDENTIFIER_MODES:
+        raise ArchiveError(
+            f"config key 'archive.identifiers' must be one of {IDENTIFIER_MODES}, not {options['identifiers']!r}"
+        )
+    return options
+
+
+def pseudonymise_stage(stage: Path, key: bytes) -> list[str]:
+    """Pseudonymise the id columns of every staged Parquet/CSV result; the archive paths rewritten."""
+    done = []
+    for path in sorted(stage.glob("results/**/*")):
+        if path.suffix.lower() in {".parquet", ".csv"} and pseudonymise_table(path, key):
+            done.append(path.relative_to(stage).as_posix())
+    return done
+
+
 def build_archive(
     config: dict[str, Any],
     *,
@@ -615,13 +922,19 @@ def build_archive(
     workdir: Path | None = None,
     extra_identifiers: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """Stage, check and pack the archive; returns a summary (file count, identifiers checked).
+    """Stage, check and pack the archive; returns a summary (file count, identifiers checked, ...).
+
+    With ``archive.identifiers: pseudonymise`` the id columns of every table are replaced by their
+    HMAC-SHA256 under the key at ``archive.secret`` (created on first use), and the id -> pseudonym
+    table is written next to the key. Sources whose header cannot be read are quarantined: logged and
+    listed in the crate.
 
     Raises:
-        ArchiveError: a forbidden file, a patient-identifying value found (file and value named), or
+        ArchiveError: a forbidden file, an identifier found (file, value and DICOM attribute named), or
             a missing input of the checks.
     """
     results = Path(results)
+    options = archive_options(config)
     datasets = config.get("datasets", {})
     files = collect_files(results, datasets=list(datasets))
     if not any(rel.startswith("results/") for _, rel in files):
@@ -638,11 +951,14 @@ def build_archive(
     if problems:
         raise ArchiveError("the archive would contain forbidden files:\n" + "\n".join(problems))
 
-    values, dates = dicom_identifiers(dataset_dicoms(results, datasets))
-    values |= set(extra_identifiers)
-    index = IdentifierIndex.build(values, dates=dates)
+    scan = scan_sources(results, datasets)
+    mode = options["identifiers"]
+    key = load_secret(Path(options["secret"]), results=results) if mode == "pseudonymise" else None
     when = dt.datetime.fromtimestamp(int(os.environ.get("SOURCE_DATE_EPOCH", dt.datetime.now().timestamp())), dt.UTC)
     top = out.name.removesuffix(".tar.gz").removesuffix(".tgz")
+
+    def published(image_id: str) -> str:
+        return pseudonym(key, image_id) if key is not None else image_id
 
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.is_dir() else None) as tmp:
         stage = Path(tmp) / top
@@ -650,6 +966,9 @@ def build_archive(
             dest = stage / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest)
+        if key is not None:
+            rewritten = pseudonymise_stage(stage, key)
+            _logger.info("pseudonymised the id columns of %d files: %s", len(rewritten), ", ".join(rewritten))
         meta = stage / "metadata"
         meta.mkdir(parents=True)
         (meta / "config.resolved.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -663,23 +982,37 @@ def build_archive(
         else:
             _logger.warning("--no-report: the archive has no Snakemake report")
         mtimes = [src.stat().st_mtime for src, _ in files]
-        write_crate(stage, config=config, when=when, times=(min(mtimes), max(mtimes)))
+        quarantined = [(q.dataset, published(q.image_id), q.reason) for q in scan.quarantined]
+        write_crate(stage, config=config, when=when, times=(min(mtimes), max(mtimes)), quarantined=quarantined)
 
-        leaks = []
-        for path in sorted(p for p in stage.rglob("*") if p.is_file()):
-            rel = path.relative_to(stage).as_posix()
-            for value in sorted(scan_file(path, index) | index.find(rel)):
-                leaks.append(f"{rel}: contains the patient-identifying value {value!r}")
+        leaks = identifier_leaks(stage, scan, mode=mode, extra=extra_identifiers)
         if leaks:
+            hint = "" if key is not None else "\n(archive.identifiers: pseudonymise publishes keyed hashes of the ids)"
             raise ArchiveError(
-                "patient-identifying values from the DICOM headers found; nothing was written:\n"
-                + "\n".join(leaks[:50])
+                "identifiers found in the archive; nothing was written:\n" + "\n".join(leaks[:50]) + hint
             )
+        if key is not None:  # before the tarball: no published archive without its re-join table
+            mapping = Path(options["secret"]).with_name(f"{top}.pseudonyms.csv")
+            write_mapping(mapping, key, scan.ids)
+            _logger.info("id -> pseudonym table (never publish it): %s", mapping)
         write_manifest(stage)
         _tar(stage, out, top=top, mtime=int(when.timestamp()))
     n_files = len(files)
-    _logger.info("wrote %s: %d result files, %d identifiers checked", out, n_files, len(index))
-    return {"archive": str(out), "result_files": n_files, "identifiers_checked": len(index)}
+    _logger.info(
+        "wrote %s: %d result files, ids %s, %d header values checked, %d sources quarantined",
+        out,
+        n_files,
+        mode,
+        len(scan.values),
+        len(scan.quarantined),
+    )
+    return {
+        "archive": str(out),
+        "result_files": n_files,
+        "identifiers": mode,
+        "identifiers_checked": len(scan.values),
+        "quarantined": [(q.dataset, q.image_id, q.reason) for q in scan.quarantined],
+    }
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -703,12 +1036,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _demo_identifiers(config: dict[str, Any]) -> list[str]:
+def demo_identifiers(config: dict[str, Any], *, base: Path | None = None) -> list[str]:
     """The fake identifiers the demo generator lists in its manifest (checked in addition to the headers)."""
     demo = config.get("demo", {})
     if not demo.get("enabled"):
         return []
-    manifest = Path(demo["root"]) / "demo-manifest.json"
+    manifest = Path(base or ".") / demo["root"] / "demo-manifest.json"
     if not manifest.is_file():
         raise ArchiveError(f"{manifest} is missing: the demo's identifier list cannot be checked")
     ids = json.loads(manifest.read_text()).get("identifiers")
@@ -727,7 +1060,7 @@ def run(args: argparse.Namespace) -> int:
             snakefile=args.snakefile,
             report=not args.no_report,
             workdir=args.workdir,
-            extra_identifiers=_demo_identifiers(config),
+            extra_identifiers=demo_identifiers(config),
         )
     except ArchiveError as exc:
         _logger.error("%s", exc)

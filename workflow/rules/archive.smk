@@ -1,7 +1,10 @@
 # Publication archive (docs/archive.md): `snakemake archive` packs tables, figures, statistics,
 # predictions, run metadata, the resolved config, versions, the Snakemake report, a SHA-256 manifest
 # and an RO-Crate into one tarball; never images or source label files, and it fails if a
-# patient-identifying DICOM header value appears anywhere in it. Not part of `rule all`.
+# patient-identifying DICOM header value appears anywhere in it. Image and patient ids are published as
+# HMAC pseudonyms (`archive.identifiers`); the key and the id -> pseudonym table stay at
+# `archive.secret`, outside results/ (not outputs of this rule: they must outlive any rerun).
+# Not part of `rule all`.
 
 ARCHIVE = LAYOUT.archive_dir() / "cxrbench-results.tar.gz"
 
@@ -14,7 +17,8 @@ localrules:
 rule archive:
     input:
         all_targets(),
-        # The PHI check reads the source DICOM list from each dataset's index.
+        # The PHI check reads the source list from each dataset's index (and the preprocessing
+        # manifests, which all_targets() already requires, for the source formats).
         [str(LAYOUT.index(ds)) for ds in DATASETS],
     output:
         ARCHIVE,
