@@ -49,130 +49,279 @@ def unit_weights(indices: np.ndarray, unit_of_image: np.ndarray, n_units: int) -
     return counts[:, unit_of_image]
 
 
-@numba.njit(cache=True, parallel=True)
-def _multiplicities(indices: np.ndarray, n_units: int, out: np.ndarray) -> None:
-    """``out[b, u]`` = how often unit ``u`` was drawn in resample ``b`` (row-wise: cache friendly)."""
-    for b in numba.prange(indices.shape[0]):
-        row = out[b]
-        for u in indices[b]:
-            row[u] += 1
+# Resamples per block: a block's multiplicities (units x _WIDTH, one byte each) are built by one
+# thread and shared by every (model, label) sweep; a unit's row is then one 64-byte cache line.
+_WIDTH = 64
+
+
+@numba.njit(cache=True)
+def _tie_groups(score: np.ndarray, pos: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tie groups of every (model, label) in the sorted layout: end positions, kinds, offsets.
+
+    ``kind`` has bit 1 set when the group holds a positive and bit 2 when it holds a negative, so a
+    sweep knows which updates a group needs without looking at its images again.
+    """
+    n_models, n_labels = offsets.shape[0], offsets.shape[1] - 1
+    ends = np.empty(score.shape[0], np.int64)
+    kinds = np.empty(score.shape[0], np.uint8)
+    goff = np.zeros((n_models, n_labels + 1), np.int64)
+    n = 0
+    for m in range(n_models):
+        goff[m, 0] = n
+        for lab in range(n_labels):
+            start, end = offsets[m, lab], offsets[m, lab + 1]
+            kind = 0
+            for k in range(start, end):
+                kind |= 1 if pos[k] else 2
+                if k == end - 1 or score[k] != score[k + 1]:
+                    ends[n] = k + 1
+                    kinds[n] = kind
+                    n += 1
+                    kind = 0
+            goff[m, lab + 1] = n
+    return ends[:n], kinds[:n], goff
+
+
+@numba.njit(cache=True)
+def _block_counts(indices: np.ndarray, b0: int, wb: int, cap: int, cnt: np.ndarray, scratch: np.ndarray) -> bool:
+    """``cnt[u, bb]`` = how often unit ``u`` was drawn in resample ``b0 + bb``; False if one passes ``cap``.
+
+    Counting into one resample's row of ``scratch`` (resample-major, cache resident) and then
+    transposing tile by tile is several times faster than incrementing ``cnt`` in place, where
+    every draw would touch a random cache line of the whole block.
+    """
+    scratch[:wb] = 0
+    ok = True
+    for bb in range(wb):
+        srow = scratch[bb]
+        for u in indices[b0 + bb]:
+            c = srow[u]
+            if c == cap:
+                ok = False
+            srow[u] = c + 1
+    n_units = cnt.shape[0]
+    tile = 64
+    for u0 in range(0, n_units, tile):
+        u1 = min(u0 + tile, n_units)
+        for bb in range(wb):
+            srow = scratch[bb]
+            for u in range(u0, u1):
+                cnt[u, bb] = srow[u]
+    return ok
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def _kernel(
-    counts: np.ndarray,
-    img: np.ndarray,
+    indices: np.ndarray,
+    unit_size: np.ndarray,
+    cap: int,
+    count_proto: np.ndarray,
+    acc_proto: np.ndarray,
+    rows: np.ndarray,
     pos: np.ndarray,
     score: np.ndarray,
     offsets: np.ndarray,
+    gend: np.ndarray,
+    gkind: np.ndarray,
+    goff: np.ndarray,
+    trows: np.ndarray,
+    tkind: np.ndarray,
+    toff: np.ndarray,
+    tmode: np.ndarray,
     fixed: np.ndarray,
     refit: bool,
-) -> np.ndarray:
-    """(B, M, L, 6) results: auroc, threshold, tp, fp, tn, fn per resample, model and label.
+) -> tuple[np.ndarray, bool]:
+    """(B, M, L, 6) results: auroc, threshold, tp, fp, tn, fn per resample, model and label; overflow.
 
-    ``counts`` is (N, B): the multiplicity of each image in each resample, so every step of the sweep
-    over one label's sorted images is a contiguous, SIMD-friendly loop over the B resamples. Tasks
-    are (model, label) pairs; they are independent, so the thread count never changes a number.
-    Weighted counts are integers (halves in the AUROC numerator), exact in float64.
+    Blocks of ``_WIDTH`` resamples are independent tasks (so the thread count never changes a number).
+    A block first counts how often each unit was drawn (``cnt``: units x width, dtype of
+    ``count_proto``; ``overflow`` if a count would pass ``cap``), then sweeps every (model, label)
+    over its tie groups in descending score order, adding the drawn multiplicities of each group's
+    units to unsigned integer accumulators (dtype of ``acc_proto``) in contiguous loops over the
+    block's resamples. Everything is an exact integer until the final divisions, which are the ones
+    sklearn makes; unsigned types throughout keep Numba from promoting mixed signs to float.
     """
-    n_res = counts.shape[1]
+    n_res = indices.shape[0]
+    n_units = unit_size.shape[0]
     n_models, n_labels = offsets.shape[0], offsets.shape[1] - 1
+    n_blocks = (n_res + _WIDTH - 1) // _WIDTH
     out = np.empty((n_res, n_models, n_labels, 6))
-    for task in numba.prange(n_models * n_labels):
-        m, lab = task // n_labels, task % n_labels
-        start, end = offsets[m, lab], offsets[m, lab + 1]
-        n_pos = np.zeros(n_res)
-        n_neg = np.zeros(n_res)
-        if refit:  # Youden's J needs each resample's class totals before the sweep
-            for k in range(start, end):
-                row = counts[img[k]]
-                if pos[k]:
-                    for b in range(n_res):
-                        n_pos[b] += row[b]
+    overflow = np.zeros(n_blocks, np.bool_)
+    sized = refit and np.any(unit_size != 1)  # else a resample draws as many images as units
+    for blk in numba.prange(n_blocks):
+        b0 = blk * _WIDTH
+        wb = min(_WIDTH, n_res - b0)
+        cnt = np.empty((n_units, _WIDTH), count_proto.dtype)
+        scratch = np.empty((_WIDTH, n_units), count_proto.dtype)
+        if not _block_counts(indices, b0, wb, cap, cnt, scratch):
+            overflow[blk] = True
+            continue
+        total = np.zeros(_WIDTH, acc_proto.dtype)  # images drawn per resample
+        for bb in range(wb):
+            if sized:
+                t = np.uint64(0)
+                for u in range(n_units):
+                    t += np.uint64(scratch[bb, u]) * np.uint64(unit_size[u])
+                total[bb] = t
+            else:
+                total[bb] = indices.shape[1]
+        tp = np.zeros(_WIDTH, acc_proto.dtype)
+        fp = np.zeros(_WIDTH, acc_proto.dtype)
+        gp = np.zeros(_WIDTH, acc_proto.dtype)
+        gn = np.zeros(_WIDTH, acc_proto.dtype)
+        gz = np.zeros(_WIDTH, acc_proto.dtype)
+        # AUROC numerator = num_a + num_b / 2: sum over negatives of the positives above (num_a)
+        # and of the tied positives (num_b); kept apart so that both stay integers
+        num_a = np.zeros(_WIDTH, np.uint64)
+        num_b = np.zeros(_WIDTH, np.uint64)
+        n_pos = np.zeros(_WIDTH)
+        n_neg = np.zeros(_WIDTH)
+        best_j = np.zeros(_WIDTH)
+        best_thr = np.zeros(_WIDTH)
+        best_tp = np.zeros(_WIDTH, acc_proto.dtype)
+        best_fp = np.zeros(_WIDTH, acc_proto.dtype)
+        for task in range(n_models * n_labels):
+            m, lab = task // n_labels, task % n_labels
+            start, end = offsets[m, lab], offsets[m, lab + 1]
+            tp[:] = 0
+            fp[:] = 0
+            num_a[:] = 0
+            num_b[:] = 0
+            best_j[:] = 0.0
+            best_thr[:] = np.inf  # sklearn's first ROC point: threshold +inf, J = 0
+            best_tp[:] = 0
+            best_fp[:] = 0
+            if refit:  # Youden's J needs each resample's class totals before the sweep
+                gp[:] = 0
+                gn[:] = 0
+                gz[:] = 0
+                for k in range(toff[m, lab], toff[m, lab + 1]):
+                    row = cnt[trows[k]]
+                    acc = gp if tkind[k] == 0 else (gn if tkind[k] == 1 else gz)
+                    for bb in range(wb):
+                        acc[bb] += row[bb]
+                mode = tmode[m, lab]
+                for bb in range(wb):  # the class not summed is what the rest of the kept draws leaves
+                    kept = total[bb] - gz[bb]
+                    n_pos[bb] = gp[bb] if mode != 2 else kept - gn[bb]
+                    n_neg[bb] = gn[bb] if mode != 1 else kept - gp[bb]
+            t_fixed = fixed[m, lab]
+            k0 = start
+            for g in range(goff[m, lab], goff[m, lab + 1]):
+                k1 = gend[g]
+                kind = gkind[g]
+                if kind == 1:  # positives only: no negative is tied with them
+                    for k in range(k0, k1):
+                        row = cnt[rows[k]]
+                        for bb in range(wb):
+                            tp[bb] += row[bb]
+                elif k1 - k0 == 1:  # one negative
+                    row = cnt[rows[k0]]
+                    for bb in range(wb):
+                        num_a[bb] += np.uint64(row[bb]) * np.uint64(tp[bb])
+                        fp[bb] += row[bb]
                 else:
-                    for b in range(n_res):
-                        n_neg[b] += row[b]
-        tp = np.zeros(n_res)
-        fp = np.zeros(n_res)
-        g_pos = np.zeros(n_res)
-        g_neg = np.zeros(n_res)
-        num = np.zeros(n_res)  # sum over negatives of (#positives scored higher + 0.5 * #tied positives)
-        best_j = np.zeros(n_res)
-        best_thr = np.full(n_res, np.inf)  # sklearn's first ROC point: threshold +inf, J = 0
-        best_tp = np.zeros(n_res)
-        best_fp = np.zeros(n_res)
-        t_fixed = fixed[m, lab]
-        group_has_pos = False
-        for k in range(start, end):
-            row = counts[img[k]]
-            if pos[k]:
-                group_has_pos = True
-                for b in range(n_res):
-                    g_pos[b] += row[b]
-            else:
-                for b in range(n_res):
-                    g_neg[b] += row[b]
-            if k < end - 1 and score[k] == score[k + 1]:
-                continue  # inside a tie group
-            for b in range(n_res):
-                num[b] += g_neg[b] * (tp[b] + 0.5 * g_pos[b])
-                tp[b] += g_pos[b]
-                fp[b] += g_neg[b]
-                g_pos[b] = 0.0
-                g_neg[b] = 0.0
-            s = score[k]
-            if refit:
-                if not group_has_pos:
-                    continue  # tp unchanged, fp not smaller: J cannot exceed its maximum so far
-                group_has_pos = False
-                for b in range(n_res):
-                    j = tp[b] / n_pos[b] - fp[b] / n_neg[b]  # the operations of sklearn's tpr - fpr
-                    better = j > best_j[b]  # first maximum wins, as np.argmax; NaN (one class) never
-                    best_j[b] = j if better else best_j[b]
-                    best_thr[b] = s if better else best_thr[b]
-                    best_tp[b] = tp[b] if better else best_tp[b]
-                    best_fp[b] = fp[b] if better else best_fp[b]
-            elif s >= t_fixed and (k == end - 1 or score[k + 1] < t_fixed):
-                for b in range(n_res):  # last tie group predicted positive
-                    best_tp[b] = tp[b]
-                    best_fp[b] = fp[b]
-        for b in range(n_res):
-            p_tot = n_pos[b] if refit else tp[b]
-            n_tot = n_neg[b] if refit else fp[b]
-            r = out[b, m, lab]
-            if p_tot == 0 or n_tot == 0:
-                r[0] = np.nan
-                if refit:  # no Youden threshold exists either
-                    r[1:] = np.nan
-                    continue
-            else:
-                r[0] = num[b] / (p_tot * n_tot)
-            r[1] = best_thr[b] if refit else t_fixed
-            r[2] = best_tp[b]
-            r[3] = best_fp[b]
-            r[4] = n_tot - best_fp[b]
-            r[5] = p_tot - best_tp[b]
-    return out
+                    gp[:wb] = 0
+                    gn[:wb] = 0
+                    for k in range(k0, k1):
+                        row = cnt[rows[k]]
+                        acc = gp if pos[k] else gn
+                        for bb in range(wb):
+                            acc[bb] += row[bb]
+                    for bb in range(wb):
+                        num_a[bb] += np.uint64(gn[bb]) * np.uint64(tp[bb])
+                        num_b[bb] += np.uint64(gn[bb]) * np.uint64(gp[bb])
+                        tp[bb] += gp[bb]
+                        fp[bb] += gn[bb]
+                s = score[k1 - 1]
+                if refit:
+                    if kind & 1:  # without a positive, tp is unchanged and fp not smaller: no new maximum
+                        for bb in range(wb):
+                            j = tp[bb] / n_pos[bb] - fp[bb] / n_neg[bb]  # the operations of sklearn's tpr - fpr
+                            better = j > best_j[bb]  # first maximum wins, as np.argmax; NaN (one class) never
+                            best_j[bb] = j if better else best_j[bb]
+                            best_thr[bb] = s if better else best_thr[bb]
+                            best_tp[bb] = tp[bb] if better else best_tp[bb]
+                            best_fp[bb] = fp[bb] if better else best_fp[bb]
+                elif s >= t_fixed and (k1 == end or score[k1] < t_fixed):
+                    for bb in range(wb):  # last tie group predicted positive
+                        best_tp[bb] = tp[bb]
+                        best_fp[bb] = fp[bb]
+                k0 = k1
+            for bb in range(wb):
+                p_tot = n_pos[bb] if refit else np.float64(tp[bb])
+                n_tot = n_neg[bb] if refit else np.float64(fp[bb])
+                r = out[b0 + bb, m, lab]
+                if p_tot == 0 or n_tot == 0:
+                    r[0] = np.nan
+                    if refit:  # no Youden threshold exists either
+                        r[1:] = np.nan
+                        continue
+                else:  # both parts are exact in float64 (below 2**53), so is their sum
+                    r[0] = (np.float64(num_a[bb]) + 0.5 * np.float64(num_b[bb])) / (p_tot * n_tot)
+                r[1] = best_thr[bb] if refit else t_fixed
+                r[2] = best_tp[bb]
+                r[3] = best_fp[bb]
+                r[4] = n_tot - best_fp[bb]
+                r[5] = p_tot - best_tp[bb]
+    return out, overflow.any()
 
 
 def _sorted_layout(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Concatenate, per (model, label), the unmasked images in descending score order."""
+    """Concatenate, per (model, label), the unmasked images in descending score order.
+
+    One argsort of every (model, label) at once, masked images included, then dropping the masked
+    ones. The order inside a tie group changes no result (the sweep sums over the group), so
+    NumPy's fastest sort will do, except that NaN scores never tie: then a stable sort keeps their
+    order that of the images.
+    """
     n_models, _, n_labels = scores.shape
-    imgs, poss, scs = [], [], []
+    nan_scored = bool(np.any(np.isnan(scores) & ~np.isnan(targets)))
+    order = np.argsort(-np.ascontiguousarray(scores.transpose(0, 2, 1)), axis=2,
+                       kind="stable" if nan_scored else None)  # (M, L, N)
+    t = np.take_along_axis(targets.transpose(0, 2, 1), order, axis=2)
+    kept = ~np.isnan(t)
+    img = order[kept]  # C order: model-major, then label, then rank, as the offsets say
+    pos = t[kept] == 1.0
+    sc = np.take_along_axis(scores.transpose(0, 2, 1), order, axis=2)[kept]
     offsets = np.zeros((n_models, n_labels + 1), np.int64)
+    n_kept = kept.sum(axis=2)
+    offsets[:, 1:] = np.cumsum(n_kept, axis=1)
+    offsets += np.concatenate(([0], np.cumsum(n_kept.sum(axis=1))[:-1]))[:, None]
+    # label j of model m occupies [offsets[m, j], offsets[m, j + 1]) of the concatenated arrays
+    return img, pos, sc, offsets
+
+
+def _totals_layout(targets: np.ndarray, unit_of_image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Which units' rows give each (model, label)'s class totals per resample, cheapest way.
+
+    Either every kept image (mode 0), or the rarer class plus the masked images (mode 1: positives,
+    mode 2: negatives), the other class being the rest of the resample's draws. Kinds: 0 positive,
+    1 negative, 2 masked.
+    """
+    n_models, _, n_labels = targets.shape
+    trows, tkinds = [], []
+    toff = np.zeros((n_models, n_labels + 1), np.int64)
+    tmode = np.zeros((n_models, n_labels), np.int64)
     total = 0
     for m in range(n_models):
-        offsets[m, 0] = total
+        toff[m, 0] = total
         for j in range(n_labels):
-            keep = np.flatnonzero(~np.isnan(targets[m, :, j]))
-            order = keep[np.argsort(-scores[m, keep, j], kind="stable")]
-            imgs.append(order)
-            poss.append(targets[m, order, j] == 1.0)
-            scs.append(scores[m, order, j])
-            total += order.size
-            offsets[m, j + 1] = total
-    # label j of model m occupies [offsets[m, j], offsets[m, j + 1]) of the concatenated arrays
-    return (np.concatenate(imgs), np.concatenate(poss), np.concatenate(scs), offsets)
+            t = targets[m, :, j]
+            pos, masked = t == 1.0, np.isnan(t)
+            neg = ~pos & ~masked
+            n_pos, n_neg, n_masked = int(pos.sum()), int(neg.sum()), int(masked.sum())
+            if min(n_pos, n_neg) + n_masked < n_pos + n_neg:
+                tmode[m, j] = 1 if n_pos <= n_neg else 2
+                sel = (pos if n_pos <= n_neg else neg) | masked
+            else:
+                sel = ~masked
+            idx = np.flatnonzero(sel)
+            trows.append(unit_of_image[idx])
+            tkinds.append(np.where(masked[idx], 2, np.where(pos[idx], 0, 1)).astype(np.uint8))
+            total += idx.size
+            toff[m, j + 1] = total
+    return np.concatenate(trows), np.concatenate(tkinds), toff, tmode
 
 
 @dataclass(frozen=True)
@@ -231,14 +380,25 @@ def bootstrap_runs(
     if fixed.shape != (n_models, n_labels):
         raise ValueError(f"thresholds have shape {fixed.shape}, expected ({n_models}, {n_labels})")
     img, pos, sc, offsets = _sorted_layout(targets, scores)
-    # Multiplicities per unit, then per image (an image counts as often as its unit was drawn); the
-    # kernel wants them image-major so that the B resamples of one image are contiguous.
-    per_unit = np.zeros((indices.shape[0], n_units), np.uint16 if n_units < 2**16 else np.uint32)
-    _multiplicities(indices, n_units, per_unit)
-    counts = np.ascontiguousarray(per_unit.T)
-    if not np.array_equal(unit_of_image, np.arange(n_img)):
-        counts = counts[unit_of_image]
-    out = _kernel(counts, img, pos, sc, offsets, fixed, refit)
+    gend, gkind, goff = _tie_groups(sc, pos, offsets)
+    if refit:
+        trows, tkind, toff, tmode = _totals_layout(targets, unit_of_image)
+    else:  # fixed thresholds take the class totals from the end of the sweep
+        trows, tkind = np.zeros(0, np.int64), np.zeros(0, np.uint8)
+        toff, tmode = np.zeros((n_models, n_labels + 1), np.int64), np.zeros((n_models, n_labels), np.int64)
+    unit_size = np.bincount(unit_of_image, minlength=n_units).astype(np.int64)
+    # Accumulators hold at most a resample's image count: uint32 (twice the SIMD lanes of uint64)
+    # whenever that is safe.
+    most = indices.shape[1] * int(unit_size.max())
+    acc = np.zeros(0, np.uint32 if most < 2**32 else np.uint64)
+    # Multiplicities are counted in one byte when no count passes 255 (always, but for tiny or
+    # pathological draws); the kernel reports an overflow and is rerun with wider counts.
+    for count_dtype in (np.uint8, np.uint16, np.uint32):  # a count never passes the draws per resample
+        out, overflow = _kernel(indices, unit_size, int(np.iinfo(count_dtype).max), np.zeros(0, count_dtype), acc,
+                                unit_of_image[img], pos, sc, offsets, gend, gkind, goff, trows, tkind, toff, tmode,
+                                fixed, refit)
+        if not overflow:
+            break
     if not refit:
         nan_thr = np.isnan(fixed)[None, :, :]  # a NaN threshold leaves thresholded metrics undefined
         out[..., 2:][np.broadcast_to(nan_thr, out.shape[:3])] = np.nan
