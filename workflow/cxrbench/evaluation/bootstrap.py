@@ -55,31 +55,68 @@ _WIDTH = 64
 
 
 @numba.njit(cache=True)
-def _tie_groups(score: np.ndarray, pos: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tie groups of every (model, label) in the sorted layout: end positions, kinds, offsets.
+def _tie_groups(
+    score: np.ndarray, pos: np.ndarray, rows: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tie groups of every (model, label) in the sorted layout: ends, first negatives, kinds, offsets.
 
-    ``kind`` has bit 1 set when the group holds a positive and bit 2 when it holds a negative, so a
-    sweep knows which updates a group needs without looking at its images again.
+    Reorders each group's images (``pos`` and ``rows`` in place) positives first, so that a sweep
+    adds each class's rows in one branch-free run. ``kind`` has bit 1 set when the group holds a
+    positive and bit 2 when it holds a negative.
     """
     n_models, n_labels = offsets.shape[0], offsets.shape[1] - 1
     ends = np.empty(score.shape[0], np.int64)
+    mids = np.empty(score.shape[0], np.int64)
     kinds = np.empty(score.shape[0], np.uint8)
     goff = np.zeros((n_models, n_labels + 1), np.int64)
+    neg_rows = np.empty(score.shape[0], rows.dtype)
     n = 0
     for m in range(n_models):
         goff[m, 0] = n
         for lab in range(n_labels):
             start, end = offsets[m, lab], offsets[m, lab + 1]
-            kind = 0
+            k0 = start
             for k in range(start, end):
-                kind |= 1 if pos[k] else 2
-                if k == end - 1 or score[k] != score[k + 1]:
-                    ends[n] = k + 1
-                    kinds[n] = kind
-                    n += 1
-                    kind = 0
+                if k < end - 1 and score[k] == score[k + 1]:
+                    continue
+                n_pos = n_neg = 0
+                for i in range(k0, k + 1):  # stable partition: positives first
+                    if pos[i]:
+                        rows[k0 + n_pos] = rows[i]
+                        n_pos += 1
+                    else:
+                        neg_rows[n_neg] = rows[i]
+                        n_neg += 1
+                rows[k0 + n_pos:k + 1] = neg_rows[:n_neg]
+                pos[k0:k0 + n_pos] = True
+                pos[k0 + n_pos:k + 1] = False
+                ends[n] = k + 1
+                mids[n] = k0 + n_pos
+                kinds[n] = (1 if n_pos else 0) | (2 if n_neg else 0)
+                n += 1
+                k0 = k + 1
             goff[m, lab + 1] = n
-    return ends[:n], kinds[:n], goff
+    return ends[:n], mids[:n], kinds[:n], goff
+
+
+@numba.njit(cache=True)
+def _add_rows(acc: np.ndarray, cnt: np.ndarray, rows: np.ndarray, k0: int, k1: int, wb: int) -> None:
+    """``acc[:wb] += cnt[rows[k]][:wb]`` for k in [k0, k1), four rows per pass.
+
+    Four rows summed in a wider type before touching ``acc`` quarter its loads and stores and keep
+    four independent (random) row loads in flight.
+    """
+    k = k0
+    while k + 4 <= k1:
+        r0, r1, r2, r3 = cnt[rows[k]], cnt[rows[k + 1]], cnt[rows[k + 2]], cnt[rows[k + 3]]
+        for bb in range(wb):
+            acc[bb] += (np.uint32(r0[bb]) + np.uint32(r1[bb])) + (np.uint32(r2[bb]) + np.uint32(r3[bb]))
+        k += 4
+    while k < k1:
+        r0 = cnt[rows[k]]
+        for bb in range(wb):
+            acc[bb] += r0[bb]
+        k += 1
 
 
 @numba.njit(cache=True)
@@ -118,15 +155,14 @@ def _kernel(
     count_proto: np.ndarray,
     acc_proto: np.ndarray,
     rows: np.ndarray,
-    pos: np.ndarray,
     score: np.ndarray,
     offsets: np.ndarray,
     gend: np.ndarray,
+    gmid: np.ndarray,
     gkind: np.ndarray,
     goff: np.ndarray,
     trows: np.ndarray,
-    tkind: np.ndarray,
-    toff: np.ndarray,
+    tseg: np.ndarray,
     tmode: np.ndarray,
     fixed: np.ndarray,
     refit: bool,
@@ -195,11 +231,10 @@ def _kernel(
                 gp[:] = 0
                 gn[:] = 0
                 gz[:] = 0
-                for k in range(toff[m, lab], toff[m, lab + 1]):
-                    row = cnt[trows[k]]
-                    acc = gp if tkind[k] == 0 else (gn if tkind[k] == 1 else gz)
-                    for bb in range(wb):
-                        acc[bb] += row[bb]
+                seg = tseg[m, lab]
+                _add_rows(gp, cnt, trows, seg[0], seg[1], wb)
+                _add_rows(gn, cnt, trows, seg[1], seg[2], wb)
+                _add_rows(gz, cnt, trows, seg[2], seg[3], wb)
                 mode = tmode[m, lab]
                 for bb in range(wb):  # the class not summed is what the rest of the kept draws leaves
                     kept = total[bb] - gz[bb]
@@ -211,10 +246,7 @@ def _kernel(
                 k1 = gend[g]
                 kind = gkind[g]
                 if kind == 1:  # positives only: no negative is tied with them
-                    for k in range(k0, k1):
-                        row = cnt[rows[k]]
-                        for bb in range(wb):
-                            tp[bb] += row[bb]
+                    _add_rows(tp, cnt, rows, k0, k1, wb)
                 elif k1 - k0 == 1:  # one negative
                     row = cnt[rows[k0]]
                     for bb in range(wb):
@@ -223,11 +255,8 @@ def _kernel(
                 else:
                     gp[:wb] = 0
                     gn[:wb] = 0
-                    for k in range(k0, k1):
-                        row = cnt[rows[k]]
-                        acc = gp if pos[k] else gn
-                        for bb in range(wb):
-                            acc[bb] += row[bb]
+                    _add_rows(gp, cnt, rows, k0, gmid[g], wb)
+                    _add_rows(gn, cnt, rows, gmid[g], k1, wb)
                     for bb in range(wb):
                         num_a[bb] += np.uint64(gn[bb]) * np.uint64(tp[bb])
                         num_b[bb] += np.uint64(gn[bb]) * np.uint64(gp[bb])
@@ -292,20 +321,19 @@ def _sorted_layout(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray,
     return img, pos, sc, offsets
 
 
-def _totals_layout(targets: np.ndarray, unit_of_image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _totals_layout(targets: np.ndarray, unit_of_image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which units' rows give each (model, label)'s class totals per resample, cheapest way.
 
     Either every kept image (mode 0), or the rarer class plus the masked images (mode 1: positives,
-    mode 2: negatives), the other class being the rest of the resample's draws. Kinds: 0 positive,
-    1 negative, 2 masked.
+    mode 2: negatives), the other class being the rest of the resample's draws. Rows are listed
+    positives, negatives, masked; ``tseg[m, j]`` holds the four boundaries of those runs.
     """
     n_models, _, n_labels = targets.shape
-    trows, tkinds = [], []
-    toff = np.zeros((n_models, n_labels + 1), np.int64)
+    trows = []
+    tseg = np.zeros((n_models, n_labels, 4), np.int64)
     tmode = np.zeros((n_models, n_labels), np.int64)
     total = 0
     for m in range(n_models):
-        toff[m, 0] = total
         for j in range(n_labels):
             t = targets[m, :, j]
             pos, masked = t == 1.0, np.isnan(t)
@@ -313,15 +341,15 @@ def _totals_layout(targets: np.ndarray, unit_of_image: np.ndarray) -> tuple[np.n
             n_pos, n_neg, n_masked = int(pos.sum()), int(neg.sum()), int(masked.sum())
             if min(n_pos, n_neg) + n_masked < n_pos + n_neg:
                 tmode[m, j] = 1 if n_pos <= n_neg else 2
-                sel = (pos if n_pos <= n_neg else neg) | masked
+                parts = [pos, np.zeros_like(pos), masked] if n_pos <= n_neg else [np.zeros_like(pos), neg, masked]
             else:
-                sel = ~masked
-            idx = np.flatnonzero(sel)
-            trows.append(unit_of_image[idx])
-            tkinds.append(np.where(masked[idx], 2, np.where(pos[idx], 0, 1)).astype(np.uint8))
-            total += idx.size
-            toff[m, j + 1] = total
-    return np.concatenate(trows), np.concatenate(tkinds), toff, tmode
+                parts = [pos, neg, np.zeros_like(pos)]
+            tseg[m, j, 0] = total
+            for i, part in enumerate(parts):
+                trows.append(unit_of_image[part])
+                total += trows[-1].size
+                tseg[m, j, i + 1] = total
+    return np.concatenate(trows), tseg, tmode
 
 
 @dataclass(frozen=True)
@@ -380,12 +408,13 @@ def bootstrap_runs(
     if fixed.shape != (n_models, n_labels):
         raise ValueError(f"thresholds have shape {fixed.shape}, expected ({n_models}, {n_labels})")
     img, pos, sc, offsets = _sorted_layout(targets, scores)
-    gend, gkind, goff = _tie_groups(sc, pos, offsets)
+    rows = unit_of_image[img]
+    gend, gmid, gkind, goff = _tie_groups(sc, pos, rows, offsets)
     if refit:
-        trows, tkind, toff, tmode = _totals_layout(targets, unit_of_image)
+        trows, tseg, tmode = _totals_layout(targets, unit_of_image)
     else:  # fixed thresholds take the class totals from the end of the sweep
-        trows, tkind = np.zeros(0, np.int64), np.zeros(0, np.uint8)
-        toff, tmode = np.zeros((n_models, n_labels + 1), np.int64), np.zeros((n_models, n_labels), np.int64)
+        trows, tseg, tmode = np.zeros(0, np.int64), np.zeros((n_models, n_labels, 4), np.int64), np.zeros(
+            (n_models, n_labels), np.int64)
     unit_size = np.bincount(unit_of_image, minlength=n_units).astype(np.int64)
     # Accumulators hold at most a resample's image count: uint32 (twice the SIMD lanes of uint64)
     # whenever that is safe.
@@ -395,7 +424,7 @@ def bootstrap_runs(
     # pathological draws); the kernel reports an overflow and is rerun with wider counts.
     for count_dtype in (np.uint8, np.uint16, np.uint32):  # a count never passes the draws per resample
         out, overflow = _kernel(indices, unit_size, int(np.iinfo(count_dtype).max), np.zeros(0, count_dtype), acc,
-                                unit_of_image[img], pos, sc, offsets, gend, gkind, goff, trows, tkind, toff, tmode,
+                                rows, sc, offsets, gend, gmid, gkind, goff, trows, tseg, tmode,
                                 fixed, refit)
         if not overflow:
             break
