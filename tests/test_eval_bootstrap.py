@@ -217,5 +217,7 @@ def test_bad_inputs_are_rejected() -> None:
     y, s = _data(n_models=1)
     with pytest.raises(ValueError, match="outside"):
         bootstrap_runs(y[0], s[0], np.array([[0, 1, 10_000]]))
+    with pytest.raises(ValueError, match="outside"):
+        bootstrap_runs(y[0], s[0], np.array([[0, 1, 2], [3, -1, 4]]))
     with pytest.raises(ValueError, match="differ in shape"):
         bootstrap_runs(y[0], s[0][:, :2], draw_indices(150, n_resamples=2, seed=0))

@@ -52,6 +52,7 @@ def unit_weights(indices: np.ndarray, unit_of_image: np.ndarray, n_units: int) -
 # Resamples per block: a block's multiplicities (units x _WIDTH, one byte each) are built by one
 # thread and shared by every (model, label) sweep; a unit's row is then one 64-byte cache line.
 _WIDTH = 64
+_OVERFLOW, _OUTSIDE = 1, 2  # block status (the worst wins): a count past the count dtype; an index outside the units
 
 
 @numba.njit(cache=True)
@@ -120,31 +121,33 @@ def _add_rows(acc: np.ndarray, cnt: np.ndarray, rows: np.ndarray, k0: int, k1: i
 
 
 @numba.njit(cache=True)
-def _block_counts(indices: np.ndarray, b0: int, wb: int, cap: int, cnt: np.ndarray, scratch: np.ndarray) -> bool:
-    """``cnt[u, bb]`` = how often unit ``u`` was drawn in resample ``b0 + bb``; False if one passes ``cap``.
+def _block_counts(indices: np.ndarray, b0: int, wb: int, cap: int, cnt: np.ndarray, scratch: np.ndarray) -> int:
+    """``cnt[u, bb]`` = how often unit ``u`` was drawn in resample ``b0 + bb``.
 
-    Counting into one resample's row of ``scratch`` (resample-major, cache resident) and then
-    transposing tile by tile is several times faster than incrementing ``cnt`` in place, where
-    every draw would touch a random cache line of the whole block.
+    Returns 0, or ``_OUTSIDE`` for an index outside [0, units), or ``_OVERFLOW`` for a count that
+    would pass ``cap``. Counting into one resample's row of ``scratch`` (resample-major, cache
+    resident) and then transposing is several times faster than incrementing ``cnt`` in place,
+    where every draw would touch a random cache line of the whole block; the transpose writes
+    ``cnt`` row by row and reads ``scratch`` in 64-unit tiles that stay in cache.
     """
+    n_units = cnt.shape[0]
     scratch[:wb] = 0
-    ok = True
+    status = 0
     for bb in range(wb):
         srow = scratch[bb]
         for u in indices[b0 + bb]:
+            if u < 0 or u >= n_units:
+                return _OUTSIDE
             c = srow[u]
             if c == cap:
-                ok = False
+                status = _OVERFLOW
             srow[u] = c + 1
-    n_units = cnt.shape[0]
-    tile = 64
-    for u0 in range(0, n_units, tile):
-        u1 = min(u0 + tile, n_units)
-        for bb in range(wb):
-            srow = scratch[bb]
-            for u in range(u0, u1):
-                cnt[u, bb] = srow[u]
-    return ok
+    for u0 in range(0, n_units, 64):
+        for u in range(u0, min(u0 + 64, n_units)):
+            crow = cnt[u]
+            for bb in range(wb):
+                crow[bb] = scratch[bb, u]
+    return status
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
@@ -166,12 +169,12 @@ def _kernel(
     tmode: np.ndarray,
     fixed: np.ndarray,
     refit: bool,
-) -> tuple[np.ndarray, bool]:
-    """(B, M, L, 6) results: auroc, threshold, tp, fp, tn, fn per resample, model and label; overflow.
+) -> tuple[np.ndarray, int]:
+    """(B, M, L, 6) results: auroc, threshold, tp, fp, tn, fn per resample, model and label; status.
 
     Blocks of ``_WIDTH`` resamples are independent tasks (so the thread count never changes a number).
     A block first counts how often each unit was drawn (``cnt``: units x width, dtype of
-    ``count_proto``; ``overflow`` if a count would pass ``cap``), then sweeps every (model, label)
+    ``count_proto``; see ``_block_counts`` for the status), then sweeps every (model, label)
     over its tie groups in descending score order, adding the drawn multiplicities of each group's
     units to unsigned integer accumulators (dtype of ``acc_proto``) in contiguous loops over the
     block's resamples. Everything is an exact integer until the final divisions, which are the ones
@@ -182,15 +185,15 @@ def _kernel(
     n_models, n_labels = offsets.shape[0], offsets.shape[1] - 1
     n_blocks = (n_res + _WIDTH - 1) // _WIDTH
     out = np.empty((n_res, n_models, n_labels, 6))
-    overflow = np.zeros(n_blocks, np.bool_)
+    status = np.zeros(n_blocks, np.int64)
     sized = refit and np.any(unit_size != 1)  # else a resample draws as many images as units
     for blk in numba.prange(n_blocks):
         b0 = blk * _WIDTH
         wb = min(_WIDTH, n_res - b0)
         cnt = np.empty((n_units, _WIDTH), count_proto.dtype)
         scratch = np.empty((_WIDTH, n_units), count_proto.dtype)
-        if not _block_counts(indices, b0, wb, cap, cnt, scratch):
-            overflow[blk] = True
+        status[blk] = _block_counts(indices, b0, wb, cap, cnt, scratch)
+        if status[blk]:
             continue
         total = np.zeros(_WIDTH, acc_proto.dtype)  # images drawn per resample
         for bb in range(wb):
@@ -293,7 +296,7 @@ def _kernel(
                 r[3] = best_fp[bb]
                 r[4] = n_tot - best_fp[bb]
                 r[5] = p_tot - best_tp[bb]
-    return out, overflow.any()
+    return out, status.max() if n_blocks else 0
 
 
 def _sorted_layout(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -401,8 +404,6 @@ def bootstrap_runs(
         raise ValueError(f"unit_of_image has shape {unit_of_image.shape}, expected ({n_img},)")
     indices = np.ascontiguousarray(indices, dtype=np.int64)
     n_units = int(unit_of_image.max()) + 1
-    if indices.size and (indices.min() < 0 or indices.max() >= n_units):
-        raise ValueError(f"bootstrap indices outside [0, {n_units})")
     refit = thresholds is None
     fixed = np.full((n_models, n_labels), np.nan) if refit else np.asarray(thresholds, dtype=np.float64)
     if fixed.shape != (n_models, n_labels):
@@ -423,10 +424,12 @@ def bootstrap_runs(
     # Multiplicities are counted in one byte when no count passes 255 (always, but for tiny or
     # pathological draws); the kernel reports an overflow and is rerun with wider counts.
     for count_dtype in (np.uint8, np.uint16, np.uint32):  # a count never passes the draws per resample
-        out, overflow = _kernel(indices, unit_size, int(np.iinfo(count_dtype).max), np.zeros(0, count_dtype), acc,
+        out, status = _kernel(indices, unit_size, int(np.iinfo(count_dtype).max), np.zeros(0, count_dtype), acc,
                                 rows, sc, offsets, gend, gmid, gkind, goff, trows, tseg, tmode,
                                 fixed, refit)
-        if not overflow:
+        if status == _OUTSIDE:  # checked while counting, not in two extra passes over the indices
+            raise ValueError(f"bootstrap indices outside [0, {n_units})")
+        if status != _OVERFLOW:
             break
     if not refit:
         nan_thr = np.isnan(fixed)[None, :, :]  # a NaN threshold leaves thresholded metrics undefined
