@@ -1,11 +1,14 @@
 """The paired bootstrap of the test set: seeded shared indices and a vectorised weighted-rank AUROC.
 
 A resample is represented by multiplicity weights (how often each test image was drawn). Scores are
-sorted once per (model, label) — not once per resample — and one sweep over the sorted scores updates
-all B resamples at once (a contiguous loop over resamples per image), summing weights per tie group.
-That is the exact Mann-Whitney AUROC with ties counted as 1/2, identical to ``roc_auc_score`` on the
-resampled arrays. Youden thresholds come from the same sweep: refitted per resample (``study`` mode)
-or fixed (``validation`` mode).
+sorted and cut into tie groups once per (model, label) — not once per resample. Resamples are taken
+in blocks of 64: a block's multiplicities are counted once (one byte per unit and resample, so a
+unit's row is one cache line) and shared by every (model, label), whose sweep over its tie groups
+adds the rows of each group's images to integer accumulators for the 64 resamples at once. That is
+the exact Mann-Whitney AUROC with ties counted as 1/2 (the numerator kept as integers), equal to
+``roc_auc_score`` on the resampled arrays to rounding. Youden thresholds come from the same sweep:
+refitted per resample (``study`` mode, with each resample's class totals summed beforehand from the
+rarer class) or fixed (``validation`` mode).
 
 Indices are drawn as ``numpy.random.default_rng(seed).integers(0, n_units, size=(B, n_units))`` —
 the draw ``scipy.stats.bootstrap`` makes — over images, or over patients for the clustered bootstrap
@@ -44,7 +47,7 @@ def draw_indices(n_units: int, *, n_resamples: int, seed: int) -> np.ndarray:
 
 def unit_weights(indices: np.ndarray, unit_of_image: np.ndarray, n_units: int) -> np.ndarray:
     """(B, N) multiplicity of every image in every resample (for checks and small data; the kernel
-    computes the same weights one resample at a time)."""
+    computes the same weights one block of resamples at a time)."""
     counts = np.stack([np.bincount(row, minlength=n_units) for row in indices])
     return counts[:, unit_of_image]
 
@@ -414,19 +417,19 @@ def bootstrap_runs(
     if refit:
         trows, tseg, tmode = _totals_layout(targets, unit_of_image)
     else:  # fixed thresholds take the class totals from the end of the sweep
-        trows, tseg, tmode = np.zeros(0, np.int64), np.zeros((n_models, n_labels, 4), np.int64), np.zeros(
-            (n_models, n_labels), np.int64)
+        trows, tseg = np.zeros(0, np.int64), np.zeros((n_models, n_labels, 4), np.int64)
+        tmode = np.zeros((n_models, n_labels), np.int64)
     unit_size = np.bincount(unit_of_image, minlength=n_units).astype(np.int64)
     # Accumulators hold at most a resample's image count: uint32 (twice the SIMD lanes of uint64)
-    # whenever that is safe.
+    # whenever that is safe. (The AUROC numerator is exact in float64 below 2**53, as before: up to
+    # about 9e7 images drawn per resample.)
     most = indices.shape[1] * int(unit_size.max())
     acc = np.zeros(0, np.uint32 if most < 2**32 else np.uint64)
     # Multiplicities are counted in one byte when no count passes 255 (always, but for tiny or
     # pathological draws); the kernel reports an overflow and is rerun with wider counts.
     for count_dtype in (np.uint8, np.uint16, np.uint32):  # a count never passes the draws per resample
         out, status = _kernel(indices, unit_size, int(np.iinfo(count_dtype).max), np.zeros(0, count_dtype), acc,
-                                rows, sc, offsets, gend, gmid, gkind, goff, trows, tseg, tmode,
-                                fixed, refit)
+                              rows, sc, offsets, gend, gmid, gkind, goff, trows, tseg, tmode, fixed, refit)
         if status == _OUTSIDE:  # checked while counting, not in two extra passes over the indices
             raise ValueError(f"bootstrap indices outside [0, {n_units})")
         if status != _OVERFLOW:
