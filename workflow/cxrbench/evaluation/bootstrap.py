@@ -55,6 +55,10 @@ def unit_weights(indices: np.ndarray, unit_of_image: np.ndarray, n_units: int) -
 # Resamples per block: a block's multiplicities (units x _WIDTH, one byte each) are built by one
 # thread and shared by every (model, label) sweep; a unit's row is then one 64-byte cache line.
 _WIDTH = 64
+# Youden's J only needs evaluating at the last of consecutive groups with positives and without
+# negatives after the first: fp stays put, so J cannot fall along them, and its first maximum there
+# is where tp last grew (distinct tp give distinct float J), which the sweep tracks per resample.
+_EVAL = 4
 _OVERFLOW, _OUTSIDE = 1, 2  # block status (the worst wins): a count past the count dtype; an index outside the units
 
 
@@ -66,7 +70,8 @@ def _tie_groups(
 
     Reorders each group's images (``pos`` and ``rows`` in place) positives first, so that a sweep
     adds each class's rows in one branch-free run. ``kind`` has bit 1 set when the group holds a
-    positive and bit 2 when it holds a negative.
+    positive, bit 2 when it holds a negative, and ``_EVAL`` when it holds a positive and the next
+    group a negative (or there is none).
     """
     n_models, n_labels = offsets.shape[0], offsets.shape[1] - 1
     ends = np.empty(score.shape[0], np.int64)
@@ -100,6 +105,9 @@ def _tie_groups(
                 n += 1
                 k0 = k + 1
             goff[m, lab + 1] = n
+            for g in range(goff[m, lab], n):  # where Youden's J must be evaluated: see _EVAL
+                if kinds[g] & 1 and (g == n - 1 or kinds[g + 1] & 2):
+                    kinds[g] |= _EVAL
     return ends[:n], mids[:n], kinds[:n], goff
 
 
@@ -220,6 +228,8 @@ def _kernel(
         n_neg = np.zeros(_WIDTH)
         best_j = np.zeros(_WIDTH)
         best_thr = np.zeros(_WIDTH)
+        grew_at = np.zeros(_WIDTH)  # score of the last group where tp grew
+        tp_before = np.zeros(_WIDTH, acc_proto.dtype)
         best_tp = np.zeros(_WIDTH, acc_proto.dtype)
         best_fp = np.zeros(_WIDTH, acc_proto.dtype)
         for task in range(n_models * n_labels):
@@ -231,6 +241,7 @@ def _kernel(
             num_b[:] = 0
             best_j[:] = 0.0
             best_thr[:] = np.inf  # sklearn's first ROC point: threshold +inf, J = 0
+            tp_before[:] = 0
             best_tp[:] = 0
             best_fp[:] = 0
             if refit:  # Youden's J needs each resample's class totals before the sweep
@@ -251,7 +262,7 @@ def _kernel(
             for g in range(goff[m, lab], goff[m, lab + 1]):
                 k1 = gend[g]
                 kind = gkind[g]
-                if kind == 1:  # positives only: no negative is tied with them
+                if (kind & 3) == 1:  # positives only: no negative is tied with them
                     _add_rows(tp, cnt, rows, k0, k1, wb)
                 elif k1 - k0 == 1:  # one negative
                     row = cnt[rows[k0]]
@@ -272,10 +283,14 @@ def _kernel(
                 if refit:
                     if kind & 1:  # without a positive, tp is unchanged and fp not smaller: no new maximum
                         for bb in range(wb):
+                            grew_at[bb] = s if tp[bb] != tp_before[bb] else grew_at[bb]
+                            tp_before[bb] = tp[bb]
+                    if kind & _EVAL:
+                        for bb in range(wb):
                             j = tp[bb] / n_pos[bb] - fp[bb] / n_neg[bb]  # the operations of sklearn's tpr - fpr
                             better = j > best_j[bb]  # first maximum wins, as np.argmax; NaN (one class) never
                             best_j[bb] = j if better else best_j[bb]
-                            best_thr[bb] = s if better else best_thr[bb]
+                            best_thr[bb] = grew_at[bb] if better else best_thr[bb]
                             best_tp[bb] = tp[bb] if better else best_tp[bb]
                             best_fp[bb] = fp[bb] if better else best_fp[bb]
                 elif s >= t_fixed and (k1 == end or score[k1] < t_fixed):
