@@ -120,6 +120,16 @@ def test_class_totals_from_either_class_or_all_kept_images(prevalence: float, ma
     _check_study_mode(y, s, draw_indices(120, n_resamples=70, seed=1))
 
 
+def test_youden_threshold_over_runs_of_positive_groups() -> None:
+    # well-separated classes put long runs of positive-only tie groups at the top (J is evaluated
+    # only at their ends), with some resamples drawing none of a run's last groups
+    rng = np.random.default_rng(21)
+    y = (rng.random((2, 60, 2)) < 0.5).astype(float)
+    s = np.round(0.6 * y + 0.5 * rng.random(y.shape), 2)
+    s[:, :6] = 0.9  # a top group mixing both classes
+    _check_study_mode(y, s, draw_indices(60, n_resamples=70, seed=8))
+
+
 def test_all_tied_scores_and_a_label_without_images() -> None:
     y = (np.random.default_rng(2).random((1, 40, 2)) < 0.4).astype(float)
     y[0, :, 1] = np.nan  # nothing to rank for the second label
