@@ -22,7 +22,7 @@ __all__ = ["DATASETS", "GENERATOR_VERSION", "MANIFEST", "write_demo"]
 _logger = logging.getLogger(__name__)
 
 # Bump when the output for a given seed changes (the manifest records it).
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "2.0.0"
 MANIFEST = "demo-manifest.json"
 
 Writer = Callable[..., dict[str, int]]
