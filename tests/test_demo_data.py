@@ -13,7 +13,7 @@ import pandas as pd
 import pydicom
 import pytest
 from cxrbench.cli import main as cli_main
-from cxrbench.demo import DATASETS, GENERATOR_VERSION, MANIFEST, write_demo
+from cxrbench.demo import DATASETS, GENERATOR_VERSION, MANIFEST, SCALE, write_demo
 from cxrbench.demo import vindr as demo_vindr
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
@@ -73,7 +73,7 @@ def test_manifest_lists_every_dataset_and_the_fake_identifiers(demo_root: Path) 
     assert manifest["seed"] == 7 and manifest["generator_version"] == GENERATOR_VERSION
     assert set(manifest["datasets"]) == set(DATASETS)
     for name, entry in manifest["datasets"].items():
-        assert entry["images"] == 240, name
+        assert entry["images"] == 240 * SCALE.get(name, 1), name
         assert entry["root"] == DATASETS[name][0]
         assert (demo_root / entry["root"]).is_dir()
     ids = manifest["identifiers"]

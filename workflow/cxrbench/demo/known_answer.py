@@ -70,7 +70,8 @@ def summarise(results: Path, *, reference: str = "random", pretrained: str = "mi
     out: dict[str, Any] = {"reference": reference, "pretrained": pretrained, "datasets": {}}
     for stats in sorted((results / "stats").glob("*/tests.parquet")):
         ds = stats.parent.name
-        row: dict[str, Any] = {"learnable_macro": {}, "learnable_labels": [], "control": {}, "p_pretrained_gt_ref": None}
+        row: dict[str, Any] = {"learnable_macro": {}, "learnable_labels": [], "control": {}}
+        row["p_pretrained_gt_ref"] = None
         for run in sorted((results / "runs").glob(f"*/{ds}/predictions.parquet")):
             init = run.parent.parent.name
             pred = pd.read_parquet(run, columns=["split", "label", "target", "score"])
@@ -107,8 +108,9 @@ def check(summary: dict[str, Any]) -> list[str]:
                 problems.append(f"{ds}/{init}: learnable macro AUROC {v:.3f} < {MIN_ANY_MACRO}")
         if pre in r["learnable_macro"]:
             n_targets += 1
-            if not r["learnable_macro"][pre] >= MIN_TRAINED_MACRO:
-                problems.append(f"{ds}/{pre}: learnable macro AUROC {r['learnable_macro'][pre]:.3f} < {MIN_TRAINED_MACRO}")
+            v = r["learnable_macro"][pre]
+            if not v >= MIN_TRAINED_MACRO:
+                problems.append(f"{ds}/{pre}: learnable macro AUROC {v:.3f} < {MIN_TRAINED_MACRO}")
             n_p += r["p_pretrained_gt_ref"] is not None and r["p_pretrained_gt_ref"] < MAX_P
         for lab, by_init in r["control"].items():
             for init, v in by_init.items():
