@@ -116,8 +116,9 @@ def check(summary: dict[str, Any]) -> list[str]:
             if not v >= MIN_TRAINED_MACRO:
                 problems.append(f"{ds}/{pre}: learnable macro AUROC {v:.3f} < {MIN_TRAINED_MACRO}")
             n_p += r["p_pretrained_gt_ref"] is not None and r["p_pretrained_gt_ref"] < MAX_P
-            if r.get("p_ref_gt_pretrained", 1.0) < MAX_P:
-                problems.append(f"{ds}: {pre} is worse than {summary['reference']} (p = {r['p_ref_gt_pretrained']:.3f})")
+            p_worse = r.get("p_ref_gt_pretrained", 1.0)
+            if p_worse < MAX_P:
+                problems.append(f"{ds}: {pre} is worse than {summary['reference']} (p = {p_worse:.3f})")
         for lab, by_init in r["control"].items():
             for init, v in by_init.items():
                 if not CONTROL_BAND[0] <= v <= CONTROL_BAND[1]:
@@ -135,7 +136,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
     """The summary as Markdown tables (AUROCs to three decimals, p as the bootstrap prints it)."""
     ref, pre = summary["reference"], summary["pretrained"]
     inits = sorted({i for r in summary["datasets"].values() for i in r["learnable_macro"]}, key=lambda i: i != ref)
-    lines = [f"| dataset | learnable findings ({ref}) | {' | '.join(inits)} | p({pre} > {ref}), macro of shared labels |",
+    head = f"| dataset | learnable findings ({ref}) | {' | '.join(inits)} | p({pre} > {ref}), macro of shared labels |"
+    lines = [head,
              "|---|---|" + "---|" * len(inits) + "---|"]
     for ds, r in summary["datasets"].items():
         cells = [f"{r['learnable_macro'][i]:.3f}" if i in r["learnable_macro"] else "–" for i in inits]
