@@ -56,6 +56,9 @@ def _results(root: Path, *, permute: bool = False, flip: bool = False, leak: boo
             out = root / "runs" / init / ds
             out.mkdir(parents=True, exist_ok=True)
             pd.concat(rows).to_parquet(out / "predictions.parquet")
+            # The chain starts ahead after one epoch, unless its head is permuted.
+            first = 0.6 if init == "random" or permute else 0.8
+            pd.DataFrame({"epoch": [1, 2], "val_auroc_macro": [first, 0.85]}).to_csv(out / "history.csv", index=False)
         (root / "stats" / ds).mkdir(parents=True, exist_ok=True)
         pd.DataFrame([{"init_a": "random", "init_b": "mimic_sl", "label": "macro", "level": "macro",
                        "p_a_gt_b": 1.0, "p_b_gt_a": 0.0 if not permute else 0.6, "n_paired": 200}]
@@ -74,6 +77,7 @@ def test_checks_pass_on_the_known_answer(tmp_path: Path) -> None:
 def test_checks_fail_on_a_label_permutation(tmp_path: Path) -> None:
     problems = check(summarise(_results(tmp_path, permute=True)))
     assert any("mimic_sl: learnable macro" in p for p in problems), problems
+    assert any("pre-trained head does not carry the answer" in p for p in problems), problems
 
 
 def test_checks_fail_on_a_flipped_score(tmp_path: Path) -> None:
