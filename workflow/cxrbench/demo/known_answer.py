@@ -149,14 +149,16 @@ def render_markdown(summary: dict[str, Any]) -> str:
     ref, pre = summary["reference"], summary["pretrained"]
     inits = sorted({i for r in summary["datasets"].values() for i in r["learnable_macro"]}, key=lambda i: i != ref)
     head = f"| dataset | learnable findings ({ref}) | {' | '.join(inits)} | p({pre} > {ref}), macro of shared labels |"
-    lines = [head,
-             "|---|---|" + "---|" * len(inits) + "---|"]
+    lines = [head + f" first-epoch val AUROC ({' / '.join(inits)}) |",
+             "|---|---|" + "---|" * len(inits) + "---|---|"]
     for ds, r in summary["datasets"].items():
         cells = [f"{r['learnable_macro'][i]:.3f}" if i in r["learnable_macro"] else "–" for i in inits]
         p = r["p_pretrained_gt_ref"]
         p_txt = "–" if p is None else ("< 0.005" if p == 0 else f"{p:.3f}")
         learn = ", ".join(r["learnable_labels"].get(ref, []))
-        lines.append(f"| {ds} | {learn} | {' | '.join(cells)} | {p_txt} |")
+        first = r.get("first_epoch_val", {})
+        first_txt = " / ".join(f"{first[i]:.3f}" if i in first else "–" for i in inits)
+        lines.append(f"| {ds} | {learn} | {' | '.join(cells)} | {p_txt} | {first_txt} |")
     lines += ["", "| negative control (no image signal) | dataset | " + " | ".join(inits) + " |",
               "|---|---|" + "---|" * len(inits)]
     for ds, r in summary["datasets"].items():
