@@ -12,7 +12,7 @@ from cxrbench.imaging.pipeline import Recipe, convert
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "chestxray14"  # shared/ lies beside the checkout
+SAMPLES = Path(__file__).parent / "data" / "chestxray14"  # real NIH images in the repository (tests/data/README.md)
 NIH_PNGS = sorted(SAMPLES.glob("*.png"))
 
 

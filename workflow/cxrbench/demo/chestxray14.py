@@ -37,18 +37,18 @@ COLUMNS = [
 ]
 LABELS: tuple[LabelSpec, ...] = (
     LabelSpec("Atelectasis", "atelectasis", 0.2),
-    LabelSpec("Cardiomegaly", "cardiomegaly", 0.25),
-    LabelSpec("Consolidation", "consolidation", 0.1),
-    LabelSpec("Edema", "edema", 0.08),
-    LabelSpec("Effusion", "pleural_effusion", 0.3),
-    LabelSpec("Emphysema", "emphysema", 0.08),
+    LabelSpec("Cardiomegaly", "cardiomegaly", 0.35),
+    LabelSpec("Consolidation", "consolidation", 0.2),
+    LabelSpec("Edema", "edema", 0.15),
+    LabelSpec("Effusion", "pleural_effusion", 0.35),
+    LabelSpec("Emphysema", "emphysema", 0.15),
     LabelSpec("Fibrosis", "fibrosis", 0.06),
     LabelSpec("Hernia", "hernia", 0.04),
     LabelSpec("Infiltration", "opacity", 0.3),
     LabelSpec("Mass", "mass", 0.1),
     LabelSpec("Nodule", "nodule", 0.12),
     LabelSpec("Pleural_Thickening", "pleural_thickening", 0.08),
-    LabelSpec("Pneumonia", "opacity", 0.06),
+    LabelSpec("Pneumonia", "opacity", 0.15),
     LabelSpec("Pneumothorax", "pneumothorax", 0.1),
 )
 # Original detector sizes and pixel spacings, written as the real file writes them.

@@ -35,17 +35,17 @@ RELEASE = "CheXpert-v1.0-small"
 # The 13 observations besides No Finding, in the CheXpert column order (MIMIC shares them).
 LABELS: tuple[LabelSpec, ...] = (
     LabelSpec("Enlarged Cardiomediastinum", "enlarged_cardiomediastinum", 0.1),
-    LabelSpec("Cardiomegaly", "cardiomegaly", 0.25),
+    LabelSpec("Cardiomegaly", "cardiomegaly", 0.35),
     LabelSpec("Lung Opacity", "opacity", 0.35),
     LabelSpec("Lung Lesion", "nodule", 0.08),
     LabelSpec("Edema", "edema", 0.2),
-    LabelSpec("Consolidation", "consolidation", 0.1),
-    LabelSpec("Pneumonia", "opacity", 0.05),
+    LabelSpec("Consolidation", "consolidation", 0.2),
+    LabelSpec("Pneumonia", "opacity", 0.15),
     LabelSpec("Atelectasis", "atelectasis", 0.2),
     LabelSpec("Pneumothorax", "pneumothorax", 0.1),
     LabelSpec("Pleural Effusion", "pleural_effusion", 0.35),
     LabelSpec("Pleural Other", "pleural_thickening", 0.04),
-    LabelSpec("Fracture", "fracture", 0.05),
+    LabelSpec("Fracture", None, 0.3, control=True),  # the negative control: never drawn
     LabelSpec("Support Devices", "support_devices", 0.4),
 )
 COLUMNS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", *(s.label for s in LABELS)]

@@ -87,24 +87,40 @@ def image_rng(seed: int, dataset: str, index: int) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class LabelSpec:
-    """A native label: its phantom drawing (None = not drawn) and prevalence among abnormal images."""
+    """A native label: its phantom drawing (None = not drawn) and prevalence among abnormal images.
+
+    ``control`` marks a negative control: never drawn, and positive with probability ``prevalence`` on
+    every image independently of all other labels (normal images included), so no image feature, not
+    even "looks abnormal", predicts it and its true AUROC is 0.5 (docs/demo-data.md, known answer).
+    """
 
     label: str
     finding: str | None
     prevalence: float
+    control: bool = False
+
+    def __post_init__(self) -> None:
+        if self.control and self.finding is not None:
+            raise ValueError(f"negative control {self.label!r} must not be drawn")
 
 
 def sample_positive_labels(
     rng: np.random.Generator, specs: Sequence[LabelSpec], *, p_normal: float
 ) -> list[str]:
-    """Positive native labels of one image: none with probability ``p_normal``, else at least one."""
-    if rng.random() < p_normal:
-        return []
-    prev = np.array([s.prevalence for s in specs])
-    pos = rng.random(len(specs)) < prev
-    if not pos.any():
-        pos[rng.choice(len(specs), p=prev / prev.sum())] = True
-    return [s.label for s, p in zip(specs, pos, strict=True) if p]
+    """Positive native labels of one image: no drawn finding with probability ``p_normal``, else at least
+    one; negative controls are drawn independently of that (see :class:`LabelSpec`)."""
+    controls = [s for s in specs if s.control]
+    drawn = [s for s in specs if not s.control]
+    # Controls first, from their own draws, so whether an image is normal cannot depend on them.
+    control_pos = {s.label for s in controls if rng.random() < s.prevalence}
+    positives: set[str] = set()
+    if rng.random() >= p_normal:
+        prev = np.array([s.prevalence for s in drawn])
+        pos = rng.random(len(drawn)) < prev
+        if not pos.any():
+            pos[rng.choice(len(drawn), p=prev / prev.sum())] = True
+        positives = {s.label for s, p in zip(drawn, pos, strict=True) if p}
+    return [s.label for s in specs if s.label in positives | control_pos]  # in the dataset's label order
 
 
 def findings_from_labels(

@@ -156,8 +156,9 @@ def _frontal(c: _Canvas, a: Anatomy, findings: list[Finding]) -> None:
     heart_w = a.heart_w
     heart_h = a.heart_h
     if (f := by.get("cardiomegaly")) is not None:
-        heart_w += 0.12 * f.severity
-        heart_h += 0.05 * f.severity
+        # Large enough to survive a 32-px downsampling (the demo's training size): the known answer needs it.
+        heart_w += 0.24 * f.severity
+        heart_h += 0.08 * f.severity
 
     # Lungs, cut below by the diaphragm domes.
     lungs = np.zeros_like(c.att)
@@ -251,16 +252,17 @@ def _frontal(c: _Canvas, a: Anatomy, findings: list[Finding]) -> None:
         for s in _sides(f.side):
             cx = a.shift_x + s * a.lung_gap
             cy = float(c.rng.uniform(-0.15, 0.2))
-            region = c.ellipse(cx, cy, a.lung_w * 0.8, 0.28, soft=0.5) * lung_side[s]
-            patches = np.clip(c.texture(6.0) + 0.3, 0, None)
-            c.att += 0.16 * f.severity * region * np.minimum(patches, 1.5)
-            c.box("opacity", cx, cy, a.lung_w * 0.8, 0.28)
+            region = c.ellipse(cx, cy, a.lung_w * 0.9, 0.32, soft=0.5) * lung_side[s]
+            # Confluent patches (mostly filled) so the opacity survives downsampling to the demo's 32 px.
+            patches = np.clip(c.texture(6.0) + 1.0, 0, None)
+            c.att += 0.25 * f.severity * region * np.minimum(patches, 1.5)
+            c.box("opacity", cx, cy, a.lung_w * 0.9, 0.32)
     if (f := by.get("consolidation")) is not None:
         for s in _sides(f.side):
             cx = a.shift_x + s * (a.lung_gap + 0.05)
             region = c.ellipse(cx, 0.2, a.lung_w * 0.75, 0.18, soft=0.25) * lung_side[s]
             bronchogram = np.clip(-c.texture(1.2) - 1.4, 0, 1)  # air bronchograms inside the density
-            c.att += 0.3 * f.severity * region * (1 - 0.6 * bronchogram)
+            c.att += 0.4 * f.severity * region * (1 - 0.6 * bronchogram)
             c.box("consolidation", cx, 0.2, a.lung_w * 0.75, 0.18)
     if (f := by.get("atelectasis")) is not None:
         for s in _sides(f.side):
@@ -273,7 +275,7 @@ def _frontal(c: _Canvas, a: Anatomy, findings: list[Finding]) -> None:
     if (f := by.get("edema")) is not None:
         # Bilateral perihilar ("bat wing") haze plus septal lines at the bases.
         haze = sum(c.ellipse(a.shift_x + s * 0.3, 0.0, 0.3, 0.35, soft=0.9) for s in (-1, 1)) * lungs
-        c.att += 0.18 * f.severity * haze
+        c.att += 0.35 * f.severity * haze
         c.box("edema", a.shift_x, 0.0, 0.6, 0.35)
     if (f := by.get("fibrosis")) is not None:
         net = np.abs(c.texture(0.9))
