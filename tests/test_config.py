@@ -55,6 +55,14 @@ def test_every_schema_key_has_description() -> None:
         (lambda c: c["datasets"]["chexpert"].__setitem__("adapter", "chexpret"), "datasets.chexpert.adapter"),
         (lambda c: c["initialisations"]["mimic_sl"].__setitem__("pretrain_dataset", "nope"), "pretrain_dataset"),
         (lambda c: c["evaluation"].__setitem__("reference_init", "dinov9"), "evaluation.reference_init"),
+        (lambda c: c["initialisations"]["mimic_sl"].__setitem__("pretrain_training", {"epocs": 3}),
+         "'epocs' under 'initialisations.mimic_sl.pretrain_training'"),
+        (lambda c: c["initialisations"]["mimic_sl"].__setitem__("pretrain_training", {"device": "cuda"}),
+         "'device' under 'initialisations.mimic_sl.pretrain_training'"),
+        (lambda c: c["initialisations"]["mimic_sl"].__setitem__("pretrain_training", {"epochs": 0}),
+         "initialisations.mimic_sl.pretrain_training.epochs"),
+        (lambda c: c["initialisations"]["random"].__setitem__("pretrain_training", {"epochs": 3}),
+         "initialisations.random.pretrain_training' applies only to source 'pipeline'"),
     ],
 )
 def test_bad_config_names_the_key(demo_config: dict, mutate, expected: str) -> None:
@@ -99,3 +107,16 @@ def test_missing_root_outside_the_demo_is_rejected_while_demo_is_on(demo_config:
     with pytest.raises(ConfigError, match=r"datasets\.mine\.root"):
         validate_config(demo_config)
     assert is_demo_dataset(demo_config, "vindr") and not is_demo_dataset(demo_config, "mine")
+
+
+def test_pretrain_training_overrides_only_the_pretraining_recipe(demo_config: dict) -> None:
+    from cxrbench.training.settings import pretrain_settings, run_settings
+
+    demo_config["initialisations"]["mimic_sl"]["pretrain_training"] = {"epochs": 9, "lr": 0.002}
+    cfg = validate_config(demo_config)
+    pre = pretrain_settings(cfg, "mimic_sl", "vindr")["training"]
+    fine = run_settings(cfg, "mimic_sl", "vindr")["training"]
+    assert (pre["epochs"], pre["lr"]) == (9, 0.002)
+    assert (fine["epochs"], fine["lr"]) == (cfg["training"]["epochs"], cfg["training"]["lr"])
+    assert {k: v for k, v in pre.items() if k not in ("epochs", "lr")} == {
+        k: v for k, v in fine.items() if k not in ("epochs", "lr")}

@@ -32,6 +32,11 @@ __all__ = [
 ]
 
 
+# `training` keys that say where and how a job runs, not what it computes: they never enter a stage's settings,
+# so changing them reruns nothing.
+RUNTIME_TRAINING_KEYS = ("device", "num_workers", "gpus", "mem_mb", "runtime_minutes", "retries")
+
+
 class ConfigError(ValueError):
     """A configuration key is unknown, has the wrong type or names something that does not exist."""
 
@@ -116,6 +121,7 @@ def _check_references(config: dict[str, Any]) -> None:
                     f"config key 'initialisations.{name}.pretrain_init': {init['pretrain_init']!r} must name a "
                     "non-pipeline initialisation"
                 )
+        _check_pretrain_training(config, name, init)
         if init["source"] == "file" and "file" not in init:
             raise ConfigError(f"config key 'initialisations.{name}.file' is required for source 'file'")
     ref = config["evaluation"].get("reference_init")
@@ -137,6 +143,26 @@ def is_demo_dataset(config: dict[str, Any], name: str) -> bool:
     demo = config["demo"]
     root = Path(config["datasets"][name]["root"]).resolve()
     return bool(demo["enabled"]) and root.is_relative_to(Path(demo["root"]).resolve())
+
+
+def _check_pretrain_training(config: dict[str, Any], name: str, init: dict[str, Any]) -> None:
+    """``pretrain_training`` holds only non-runtime ``training`` keys, each valid where ``training`` takes it."""
+    overrides = init.get("pretrain_training") or {}
+    if not overrides:
+        return
+    where = f"initialisations.{name}.pretrain_training"
+    if init["source"] != "pipeline":
+        raise ConfigError(f"config key '{where}' applies only to source 'pipeline', not {init['source']!r}")
+    training_schema = load_schema()["properties"]["training"]
+    allowed = sorted(set(training_schema["properties"]) - set(RUNTIME_TRAINING_KEYS))
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown config key {', '.join(map(repr, unknown))} under '{where}'; allowed keys: "
+                          f"{', '.join(allowed)}")
+    merged = {**config["training"], **overrides}
+    for error in jsonschema.Draft202012Validator(training_schema).iter_errors(merged):
+        key = ".".join(str(p) for p in error.absolute_path)
+        raise ConfigError(f"config key '{where}.{key}': {error.message}")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from cxrbench.config import ConfigError
+from cxrbench.config import RUNTIME_TRAINING_KEYS, ConfigError
 from cxrbench.models.registry import InitSpec, init_spec, is_pipeline_self_run
 from cxrbench.paths import Layout
 
@@ -35,16 +35,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "modern": {"normalisation": "model", "schedule": "cosine", "warmup_epochs": 1},
 }
 
-# Settings that change no number a run produces; passed as command-line options, not in --settings.
-_RUNTIME_KEYS = ("device", "num_workers", "gpus", "mem_mb", "runtime_minutes", "retries")
-
 
 def resolve_training(training: dict[str, Any]) -> dict[str, Any]:
     """The validated ``training`` section with the preset's values filled in and runtime-only keys removed."""
     preset = training.get("preset", "paper")
     if preset not in PRESETS:
         raise ConfigError(f"config key 'training.preset': unknown preset {preset!r} (have: {', '.join(PRESETS)})")
-    out = {**PRESETS[preset], **{k: v for k, v in training.items() if k not in _RUNTIME_KEYS}}
+    out = {**PRESETS[preset], **{k: v for k, v in training.items() if k not in RUNTIME_TRAINING_KEYS}}
     return dict(sorted(out.items()))
 
 
@@ -139,4 +136,6 @@ def pretrain_settings(config: dict[str, Any], init: str, target: str | None) -> 
         "label_scope": "all" if target is None else "overlap",
         "seed": derive_seed(config["seed"], "pretrain", spec.pretrain_dataset, target or "all-labels"),
         **_common(config),
+        # The pre-training recipe may differ from the fine-tuning one (initialisations.<name>.pretrain_training).
+        "training": resolve_training({**config["training"], **config["initialisations"][init]["pretrain_training"]}),
     }
