@@ -161,7 +161,7 @@ def test_registry_resolves_config_entries(config: dict, tmp_path: Path) -> None:
         "pipeline",
         "mimic",
         "random",
-        "backbone",
+        config["initialisations"]["mimic_sl"]["transfer"],
     )
     assert init_spec(config, "random").pooling is None  # the architecture's own
     assert len(check_all(config)) == 2
