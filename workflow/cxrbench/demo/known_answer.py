@@ -45,15 +45,16 @@ LEARNABLE: frozenset[str] = frozenset({
 CONTROL: frozenset[str] = frozenset({"fracture", "scoliosis", "kyphosis"})
 
 # The known answer (docs/demo-data.md). A label permutation, a flipped score or a broken transfer breaks one of these.
-# Calibrated on the shipped config (CPU, deterministic) with margins for floating-point differences between
-# machines; the goals (chain >= 0.85 everywhere, p < 0.05 on most datasets) are not reached yet.
-MIN_ANY_MACRO = 0.70  # every run's learnable macro AUROC (random init included); measured 0.76-0.88
-MIN_TRAINED_MACRO = 0.75  # the pretrained chain's, on every dataset it fine-tunes on; measured 0.80-0.88
+# Calibrated on the shipped config (CPU, deterministic; values of 2026-12-01 in the comments) with margins for
+# floating-point differences between machines.
+MIN_ANY_MACRO = 0.60  # every run's learnable macro AUROC, random init after 2 epochs included; measured 0.67-0.90
+MIN_TRAINED_MACRO = 0.80  # the pretrained chain's, on every dataset it fine-tunes on; measured 0.84-0.90
+MIN_TRAINED_MEAN = 0.85  # the chain's, averaged over those datasets; measured 0.87
 MAX_P = 0.05  # significance level of the chain-vs-random tests
-MIN_SIGNIFICANT = 2  # datasets where the chain beats random at MAX_P (measured: 2 of 5, both p < 0.005)
+MIN_SIGNIFICANT = 3  # datasets (of 5) where the chain beats random at MAX_P; measured 3 (p < 0.005), the others 0.06-0.11
 # The pre-trained head's head start: after the first epoch the chain's validation macro AUROC exceeds random's on
-# this many datasets (measured 5 of 5; with the head's outputs permuted, 3 of 5: five epochs of fine-tuning
-# repair a permuted head, so the test metrics alone do not show it).
+# this many datasets (measured 5 of 5). With the head's outputs permuted it falls (3 of 5 with 5 fine-tuning
+# epochs), so this catches a permuted head even where fine-tuning repairs the test metrics.
 MIN_HEAD_START = 4
 CONTROL_BAND = (0.20, 0.80)  # each control AUROC: 10-20 test positives give a sampling SD of about 0.08
 CONTROL_MEAN_BAND = (0.40, 0.60)  # their mean
@@ -132,6 +133,9 @@ def check(summary: dict[str, Any]) -> list[str]:
             for init, v in by_init.items():
                 if not CONTROL_BAND[0] <= v <= CONTROL_BAND[1]:
                     problems.append(f"{ds}/{init}: negative control {lab} AUROC {v:.3f} outside {CONTROL_BAND}")
+    trained = [r["learnable_macro"][pre] for r in summary["datasets"].values() if pre in r["learnable_macro"]]
+    if trained and not np.mean(trained) >= MIN_TRAINED_MEAN:
+        problems.append(f"{pre}: mean learnable macro AUROC {np.mean(trained):.3f} < {MIN_TRAINED_MEAN}")
     if n_targets == 0:
         problems.append(f"no dataset fine-tuned from {pre!r}")
     elif n_p < min(MIN_SIGNIFICANT, n_targets):
