@@ -176,7 +176,7 @@ def test_padchest_counts_exclusions_and_exact_tokens(padchest) -> None:
 
 def test_padchest_removing_images_moves_no_other(padchest) -> None:
     """Issue 10 section 6: removing 100 PadChest images used to move 9 surviving images to another split."""
-    ref, idx, h = padchest
+    _, idx, h = padchest
     gone = np.random.default_rng(0).choice(len(idx), 100, replace=False)
     fewer = harmonise(idx.drop(index=idx.index[gone]).reset_index(drop=True),
                       _settings("padchest", Path("/unused"), label_set="study_padchest")).labels

@@ -235,8 +235,8 @@ def _generated_section(corpus: dict) -> str:
     heads = [f"`{mode}` {size}" for mode, size in MODES]
     lines += [
         "",
-        f"Corpus result (pydicom {version('pydicom')} test files + pydicom-data {version('pydicom-data')}, "
-        f"{len(paper)} non-empty files):",
+        (f"Corpus result (pydicom {version('pydicom')} test files + pydicom-data {version('pydicom-data')}, "
+         f"{len(paper)} non-empty files):"),
         "",
         "| outcome | " + " | ".join(heads) + " |",
         "|---|" + "---:|" * len(heads),
@@ -255,7 +255,7 @@ def test_docs_corpus_section_is_current(corpus: dict) -> None:
         ), f"reason code {code} has no example"
     section = f"{BEGIN}\n{_generated_section(corpus)}\n{END}"
     text = DOC.read_text()
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
     assert pattern.search(text), f"{DOC} lacks the {BEGIN} ... {END} markers"
     if os.environ.get("CXRBENCH_WRITE_DOCS") == "1":
         DOC.write_text(pattern.sub(lambda _: section, text))

@@ -207,7 +207,7 @@ def test_verbose_preprocess_keeps_third_party_debug_quiet(tmp_path: Path) -> Non
 def test_unexpected_exception_is_internal_error_with_source_facts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cxrbench.imaging.pipeline as pipeline
+    from cxrbench.imaging import pipeline
     from cxrbench.preprocess.runner import process_one
 
     def broken(decoded, recipe):

@@ -176,7 +176,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
 def write_docs(doc: Path, summary: dict[str, Any], *, provenance: str) -> None:
     """Replace the text between the known-answer markers of ``doc`` with the rendered summary."""
     text = Path(doc).read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
     if not pattern.search(text):
         raise ValueError(f"{doc}: no {BEGIN} ... {END} block to fill")
     body = f"{BEGIN}\n{provenance}\n\n{render_markdown(summary)}{END}"

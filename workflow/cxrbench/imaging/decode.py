@@ -280,8 +280,8 @@ def _has_elements(ds: Dataset, *, header_less: bool) -> bool:
     all noise tags are odd, i.e. "private"); behind a DICM marker private elements count too.
     """
     if header_less:
-        return any(tag.group >= 0x0008 and dictionary_has_tag(tag) for tag in ds.keys())
-    return any(tag.is_private or dictionary_has_tag(tag) for tag in ds.keys())
+        return any(tag.group >= 0x0008 and dictionary_has_tag(tag) for tag in ds.keys())  # noqa: SIM118 - iterating a Dataset yields elements
+    return any(tag.is_private or dictionary_has_tag(tag) for tag in ds.keys())  # noqa: SIM118
 
 
 def _read_dicom(path: Path, marker: bool, info: SourceInfo) -> tuple[Dataset, bool]:

@@ -102,7 +102,7 @@ def convert(path: str | Path, recipe: Recipe) -> tuple[np.ndarray, SourceInfo, d
         raise UnusableImage(exc.code, exc.detail, info) from None
     except (MemoryError, RecursionError):
         raise
-    except Exception as exc:  # noqa: BLE001 - a bug on one odd file must not cost the other images of the shard
+    except Exception as exc:
         _logger.debug("internal error on %s", path, exc_info=True)
         raise UnusableImage("internal_error", f"{type(exc).__name__}: {exc}", info) from exc
     return img, info, {"window": window, "reduction": decoded.reduction}

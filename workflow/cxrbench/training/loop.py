@@ -33,9 +33,9 @@ _logger = logging.getLogger(__name__)
 __all__ = [
     "BEST_STATE",
     "CHECKPOINT",
+    "SELECTION_METRICS",
     "FitConfig",
     "FitResult",
-    "SELECTION_METRICS",
     "fit",
     "lr_factor",
     "masked_bce",

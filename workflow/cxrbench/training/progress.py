@@ -46,7 +46,7 @@ def open_terminal() -> TextIO | None:
     if mode == "off" or sys.stderr.isatty():
         return None
     try:  # ENXIO without a controlling terminal (sbatch, nohup after logout, CI)
-        return open("/dev/tty", "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed by Progress.close
+        return open("/dev/tty", "w", encoding="utf-8", buffering=1)
     except OSError:
         return None
 
