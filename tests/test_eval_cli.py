@@ -228,6 +228,8 @@ def test_snakemake_rules_and_report(tmp_path: Path) -> None:
         "evaluation": {"n_bootstrap": 50},
     }
     (tmp_path / "config.yaml").write_text(json.dumps(cfg))
+    for root in ("x", "y"):  # roots outside demo.root must exist (the runs below stand in for their data)
+        (tmp_path / root).mkdir()
     (tmp_path / "Snakefile").write_text(SNAKEFILE.format(repo=REPO_ROOT))
     _write_runs(tmp_path / "results")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
