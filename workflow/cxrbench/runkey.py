@@ -39,7 +39,7 @@ DEFAULT_SEED = 0
 def format_fraction(fraction: float) -> str:
     """Shortest exact decimal of a label fraction, as used in paths and tables (1.0 -> '1', 0.01 -> '0.01')."""
     text = repr(float(fraction))
-    return text[:-2] if text.endswith(".0") else text
+    return text.removesuffix(".0")
 
 
 def parse_fraction(text: str) -> float:

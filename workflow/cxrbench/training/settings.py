@@ -67,7 +67,8 @@ def _img_size(spec: InitSpec, config: dict[str, Any]) -> int:
 
 
 def pretrain_target(spec: InitSpec, dataset: str) -> str | None:
-    """The target a ``pipeline`` init pre-trains for: the dataset in ``study`` mode, None (all labels) otherwise."""
+    """The target a ``pipeline`` init pre-trains for: the dataset in ``study`` mode, None (all labels) otherwise
+    (``backbone`` and ``shared_head`` pre-train once on every label of the pre-training dataset)."""
     return dataset if spec.transfer == "study" else None
 
 
@@ -75,7 +76,7 @@ def pretrain_run_dir(layout: Layout, spec: InitSpec, target: str | None) -> Path
     """``<results>/pretrain/<init>/<pretrain ds>/{all-labels | for-<target>}``.
 
     ``study`` transfer pre-trains once per target on the labels it shares with the pre-training dataset;
-    ``backbone`` transfer pre-trains once on the full label set.
+    ``backbone`` and ``shared_head`` transfer pre-train once on the full label set.
     """
     return layout.pretrain_run_dir(spec.name, spec.pretrain_dataset, target)
 
@@ -102,7 +103,7 @@ def run_settings(config: dict[str, Any], init: str, dataset: str) -> dict[str, A
         "dataset": dataset,
         "init": spec.to_dict(),
         "img_size": _img_size(spec, config),
-        "label_scope": "overlap" if spec.transfer == "study" else "all",
+        "label_scope": "overlap" if spec.transfer in ("study", "shared_head") else "all",
         "seed": derive_seed(config["seed"], "train", dataset),
         **_common(config),
     }
