@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("cxrbench.demo.cli", "write the synthetic demo datasets in their native layouts"),
     "index": ("cxrbench.datasets.cli_index", "read a dataset's native label files into index.parquet"),
     "harmonise": ("cxrbench.labels.cli", "canonical findings, policies, views and splits -> labels.parquet"),
+    "fractions": ("cxrbench.labels.cli_fractions", "nested, patient-grouped label-fraction subsets of the train split"),
     "shard-plan": ("cxrbench.preprocess.cli_plan", "assign a dataset's images to preprocessing shards"),
     "preprocess": ("cxrbench.preprocess.cli_shard", "convert one shard of images to standard PNGs"),
     "collect-shards": ("cxrbench.preprocess.cli_collect", "merge shard manifests, enforce the rejection limit"),
