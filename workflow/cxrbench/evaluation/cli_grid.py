@@ -140,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     tables["grid"].parent.mkdir(parents=True, exist_ok=True)
     grid.to_csv(tables["grid"], index=False, float_format="%.10g")
     deltas.to_csv(tables["grid_deltas"], index=False, float_format="%.10g")
-    figures = grid_figures(grid, deltas, cells=[c.key for c in cells], inits=inits, contrasts=contrasts)
+    figures = grid_figures(grid, deltas, cells=[c.key for c in cells], inits=inits, contrasts=contrasts,
+                           alpha=float(settings["evaluation"]["alpha"]))
     if sorted(figures) != sorted(GRID_FIGURES):  # the rule declares exactly GRID_FIGURES
         raise RuntimeError(f"figure set {sorted(figures)} differs from GRID_FIGURES {sorted(GRID_FIGURES)}")
     for name, fig in figures.items():

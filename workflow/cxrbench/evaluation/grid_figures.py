@@ -117,7 +117,7 @@ def _axis_figure(grid: pd.DataFrame, *, axis: str, values: dict[str, list[Any]],
                     continue
                 pts["x"] = pts[axis].map(position)
                 pts = pts.sort_values("x")
-                offset = (k - (len(inits) - 1) / 2) * 0.03 * span  # dodge: keeps the CIs of inits apart
+                offset = (k - (len(inits) - 1) / 2) * (0.12 if categorical else 0.08 * span)  # inits' CIs apart
                 x = pts["x"] + offset if categorical else pts["x"] * 10 ** offset
                 y, lo, hi = (100 * pts[col].to_numpy(dtype=float) for col in ("auroc", "ci_low", "ci_high"))
                 ax.errorbar(x, y, yerr=[y - lo, hi - y], color=colours[init], marker="o", ms=3.5, capsize=2,
@@ -136,7 +136,7 @@ def _axis_figure(grid: pd.DataFrame, *, axis: str, values: dict[str, list[Any]],
                 ax.set_ylabel((row + "\n" if row else "") + "macro AUROC (%)")
             if r == len(combos) - 1:
                 ax.set_xlabel({"size": "image size (px, log scale)", "label_fraction":
-                               "labelled training images (%, log scale)", "regime": "training regime"}[axis])
+                               "label fraction (%, log scale)", "regime": "training regime"}[axis])
         suffix = f" ({', '.join(fixed)})" if fixed else ""
         fig.suptitle(f"{title}{suffix}\nseed-pooled bootstrap mean, 95% CI")
         _legend(fig, inits, colours)
@@ -189,7 +189,7 @@ def seed_spread_figure(grid: pd.DataFrame, *, values: dict[str, list[Any]], init
 
 
 def headline_figure(deltas: pd.DataFrame, *, values: dict[str, list[Any]], contrast: tuple[str, str] | None,
-                    colour: str) -> Figure:
+                    colour: str, alpha: float) -> Figure:
     """Seed-pooled macro ΔAUROC of ``contrast`` (a − b) with 95% CI along each axis, the other axes held at the
     reference setting (first size and regime, largest label fraction); filled markers: BH-adjusted p ≤ alpha."""
     if contrast is None:
@@ -213,11 +213,6 @@ def headline_figure(deltas: pd.DataFrame, *, values: dict[str, list[Any]], contr
             held = ", ".join(axis_text(o, ref[o]) for o in axes_order if o != axis)
             ax.set_title(f"along {_AXIS_NAMES[axis]}\n(at {held})", fontsize=7)
             ax.axhline(0.0, color="0.6", lw=0.8)
-            if len(xs) == 1:
-                ax.text(0.5, 0.5, f"single value on this axis:\n{axis_text(axis, xs[0])}", ha="center",
-                        va="center", transform=ax.transAxes, color="0.3", fontsize=7)
-                ax.set_xticks([])
-                continue
             sel = d
             for o in axes_order:
                 if o != axis:
@@ -235,19 +230,20 @@ def headline_figure(deltas: pd.DataFrame, *, values: dict[str, list[Any]], contr
                                 mfc=colour if bool(r["significant"]) else "white")
             ax.set_xlim(-0.5, len(xs) - 0.5)
             ax.set_xticks(range(len(xs)), [axis_text(axis, v).removesuffix(" labels") for v in xs])
-            ax.set_xlabel(_AXIS_NAMES[axis])
+            # a single value still shows the one Δ there is, so a default (one-cell) grid has a headline too
+            ax.set_xlabel(_AXIS_NAMES[axis] + ("\n(single value on this axis)" if len(xs) == 1 else ""))
         axes[0].set_ylabel(f"Δ macro AUROC, {a} − {b}\n(percentage points, 95% CI)")
         handles = [Line2D([], [], ls="none", color=colour, marker=_DATASET_MARKERS[j % len(_DATASET_MARKERS)],
                           ms=4, label=ds) for j, ds in enumerate(datasets)]
         handles.append(Line2D([], [], ls="none", color=colour, marker="o", mfc="white", ms=4,
-                              label="open: BH-adjusted p > alpha"))
+                              label=f"open marker: BH-adjusted p > {alpha:g}"))
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4))
         fig.suptitle(f"Headline: {a} − {b}, seed-pooled")
     return fig
 
 
 def grid_figures(grid: pd.DataFrame, deltas: pd.DataFrame, *, cells: Sequence[CellKey], inits: Sequence[str],
-                 contrasts: Sequence[tuple[str, str]]) -> dict[str, Figure]:
+                 contrasts: Sequence[tuple[str, str]], alpha: float) -> dict[str, Figure]:
     """Every figure of ``GRID_FIGURES``, keyed by stem."""
     values = _values(cells)
     colours = init_colours(list(inits))
@@ -260,5 +256,5 @@ def grid_figures(grid: pd.DataFrame, deltas: pd.DataFrame, *, cells: Sequence[Ce
     out["grid_seed_spread"] = seed_spread_figure(grid, values=values, inits=inits)
     first = tuple(contrasts[0]) if contrasts else None
     out["grid_headline"] = headline_figure(deltas, values=values, contrast=first,
-                                           colour=colours[first[0]] if first else "0.3")
+                                           colour=colours[first[0]] if first else "0.3", alpha=alpha)
     return out
