@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from cxrbench.cli import main
 from cxrbench.evaluation.cli_grid import read_cells
+from cxrbench.evaluation.comparisons import adjust_bh
 from cxrbench.evaluation.grid import DELTA_COLUMNS, GRID_COLUMNS, POOLED, grid_deltas
 from cxrbench.evaluation.grid_figures import GRID_FIGURES
 from cxrbench.evaluation.outputs import stats_files
@@ -228,3 +229,6 @@ def test_per_seed_rows_equal_evaluate_statistics(tmp_path: Path) -> None:
         assert (dl["init_a"] == "dino").all()  # contrast dino vs the reference; tests.parquet has random vs dino
         assert np.allclose(dl.loc[t.index, "delta"], -t["delta_mean"], atol=1e-12)
         assert np.allclose(dl.loc[t.index, "p_two_sided"], t["p_two_sided"], atol=1e-12)
+        # one seed, one pair: its BH family is the one `aggregate` adjusts (per_pair), so the same adjusted p
+        bh = adjust_bh(t.reset_index(), family="per_pair", alpha=0.05).set_index("label")
+        assert np.allclose(dl.loc[t.index, "p_adjusted"], bh["p_two_sided_bh"], atol=1e-9)
