@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cxrbench.training.cli", "fine-tune one (initialisation, dataset) run"),
     "evaluate": ("cxrbench.evaluation.cli_evaluate", "metrics and paired bootstrap for one dataset"),
     "aggregate": ("cxrbench.evaluation.cli_aggregate", "tests, tables, figures and output docs over all datasets"),
+    "grid": ("cxrbench.evaluation.cli_grid", "experiment-grid tables and figures: per seed and seed-pooled"),
     "archive": ("cxrbench.archive", "pack results for publication"),
     "verify": ("cxrbench.archive_verify", "re-check an unpacked archive's checksums"),
 }
