@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "aggregate": ("cxrbench.evaluation.cli_aggregate", "tests, tables, figures and output docs over all datasets"),
     "archive": ("cxrbench.archive", "pack results for publication"),
     "verify": ("cxrbench.archive_verify", "re-check an unpacked archive's checksums"),
+    "plan": ("cxrbench.plan.cli", "device-hours, CPU-hours, disk and memory of a config before submission"),
 }
 
 
