@@ -111,8 +111,8 @@ def test_counts_come_from_labels_parquet_when_present(tmp_path: Path) -> None:
     plan = build_plan(config)
     vindr = next(d for d in plan.datasets if d.dataset == "vindr")
     mimic = next(d for d in plan.datasets if d.dataset == "mimic")
-    assert (vindr.images.train, vindr.images.val, vindr.images.test, vindr.images.source) == (7, 2, 3, str(labels))
-    assert mimic.images.total == 213_921 and "default for adapter 'mimic'" in mimic.images.source
+    assert (vindr.images.train, vindr.images.val, vindr.images.test, vindr.images.source) == (7, 2, 3, "labels.parquet")
+    assert mimic.images.total == 213_921 and "the adapter's default" in mimic.images.source
     assert mimic.images.test == 5_159  # the official MIMIC-CXR-JPG test split
     assert vindr.cache_gb == pytest.approx(12 * 32 * 32 / 1e9)
 

@@ -128,7 +128,7 @@ def dataset_images(config: dict[str, Any], dataset: str) -> ImageCounts:
         import pandas as pd
 
         counts = pd.read_parquet(labels, columns=["split"])["split"].value_counts()
-        return ImageCounts(*(int(counts.get(s, 0)) for s in ("train", "val", "test")), source=str(labels))
+        return ImageCounts(*(int(counts.get(s, 0)) for s in ("train", "val", "test")), source="labels.parquet")
     adapter = config["datasets"][dataset]["adapter"]
     from cxrbench.config import is_demo_dataset
 
@@ -140,7 +140,7 @@ def dataset_images(config: dict[str, Any], dataset: str) -> ImageCounts:
     total, official_test = DEFAULT_IMAGES[adapter]
     if config["splits"]["strategy"] == "study" and adapter in _STUDY_OWN_SPLIT:
         official_test = None
-    return _split_counts(total, official_test, config, f"default for adapter {adapter!r} (the study's size)")
+    return _split_counts(total, official_test, config, "the adapter's default (the study's size, paper-methods.md)")
 
 
 def expected_epochs(epochs: int, patience: int) -> int:

@@ -106,9 +106,13 @@ def render_table(plan: Plan, *, jobs: bool = False) -> str:
         header = ["kind", "init", "dataset", "px", "regime", "frac", "seed", "target", "images", "epochs", "dev exp",
                   "dev max", "GiB"]
         out += _grid(header, [_job_cells(j) for j in plan.jobs])
-    sources = sorted({f"{d.dataset}: {d.images.source}" for d in plan.datasets})
+    sources: dict[str, list[str]] = {}
+    for d in plan.datasets:
+        names = sources.setdefault(d.images.source, [])
+        if d.dataset not in names:
+            names.append(d.dataset)
     out.append("")
-    out.append("image counts: " + "; ".join(sources))
+    out.append("image counts from " + "; ".join(f"{src}: {', '.join(names)}" for src, names in sources.items()))
     if any(not math.isfinite(j.device_h_max) for j in plan.jobs):
         out.append("warning: some estimates are not finite")
     return "\n".join(out)
