@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "grid": ("cxrbench.evaluation.cli_grid", "experiment-grid tables and figures: per seed and seed-pooled"),
     "archive": ("cxrbench.archive", "pack results for publication"),
     "verify": ("cxrbench.archive_verify", "re-check an unpacked archive's checksums"),
+    "plan": ("cxrbench.plan.cli", "device-hours, CPU-hours, disk and memory of a config before submission"),
 }
 
 
