@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect-shards": ("cxrbench.preprocess.cli_collect", "merge shard manifests, enforce the rejection limit"),
     "cache": ("cxrbench.preprocess.cli_cache", "pack a dataset's PNGs into uint8 arrays per split"),
     "weights": ("cxrbench.models.cli", "check or fetch pretrained weights for the offline cache"),
+    "features": ("cxrbench.training.features", "cache the frozen backbone's features for linear-probe runs"),
     "train": ("cxrbench.training.cli", "fine-tune one (initialisation, dataset) run"),
     "evaluate": ("cxrbench.evaluation.cli_evaluate", "metrics and paired bootstrap for one dataset"),
     "aggregate": ("cxrbench.evaluation.cli_aggregate", "tests, tables, figures and output docs over all datasets"),

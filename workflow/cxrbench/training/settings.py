@@ -22,6 +22,7 @@ __all__ = [
     "pretrain_run_dir",
     "pretrain_settings",
     "pretrain_target",
+    "regime_training",
     "resolve_training",
     "run_settings",
     "train_runs",
@@ -140,3 +141,33 @@ def pretrain_settings(config: dict[str, Any], init: str, target: str | None) -> 
         # The pre-training recipe may differ from the fine-tuning one (initialisations.<name>.pretrain_training).
         "training": resolve_training({**config["training"], **config["initialisations"][init]["pretrain_training"]}),
     }
+
+
+# `training` keys that configure the regimes themselves: they enter a run's settings only where they apply.
+_REGIME_KEYS = ("regimes", "lora")
+
+
+def regime_training(training: dict[str, Any], regime: str) -> dict[str, Any]:
+    """The ``training`` settings of one run of ``regime``, from :func:`resolve_training`'s output.
+
+    ``finetune`` gets ``training`` without the regime sections, so its settings (and results) are those of a
+    config without them; ``linear_probe`` and ``lora`` get their ``training.regimes.<regime>`` overrides. A
+    probe trains on features computed once, so its ``hflip``/``rotation`` are 0 (no augmentation, recorded as
+    such); ``lora`` carries ``training.lora`` (rank, alpha, dropout, target_modules).
+
+    Raises:
+        ConfigError: an unknown regime.
+    """
+    from cxrbench.runkey import REGIMES
+
+    if regime not in REGIMES:
+        raise ConfigError(f"unknown training regime {regime!r} (have: {', '.join(REGIMES)})")
+    out = {k: v for k, v in training.items() if k not in _REGIME_KEYS}
+    if regime == "finetune":
+        return out
+    out.update((training.get("regimes") or {}).get(regime) or {})
+    if regime == "linear_probe":
+        out.update(hflip=0.0, rotation=0.0)
+    else:
+        out["lora"] = dict(training.get("lora") or {})
+    return dict(sorted(out.items()))
