@@ -26,7 +26,7 @@ INITS = ["random", "dino"]
 EVAL = {"n_bootstrap": B, "resample_unit": "image", "threshold_mode": "validation", "reference_init": "random",
         "alpha": 0.05, "fdr_family": "per_pair", "min_positives": 10}
 # dino beats random by 3 AUROC points on vindr and equals it on chexpert (a null comparison).
-EFFECT = {"vindr": 0.03, "chexpert": 0.0}
+EFFECT = {"vindr": 0.05, "chexpert": 0.0}
 AXES = {"dataset": ["vindr", "chexpert"], "size": [32, 64], "regime": ["finetune", "linear_probe"],
         "fraction": [0.1, 1.0], "seed": [1, 2]}
 
@@ -106,16 +106,24 @@ def _macro(d: Path, init: str) -> np.ndarray:
     return r[(r["init"] == init) & (r["label"] == "macro")].sort_values("resample")["auroc"].to_numpy()
 
 
-def test_pooled_delta_is_the_mean_of_per_seed_deltas(grid_run: Path) -> None:
+def test_pooled_delta_averages_the_per_seed_deltas_over_drawn_seeds(grid_run: Path) -> None:
+    """Two-level bootstrap by hand: resample b averages the per-seed Δ of resample b over S seeds drawn with
+    replacement from the master seed (7 in the fixture's settings)."""
     keys = [CellKey("vindr", 64, "linear_probe", 0.1, s) for s in AXES["seed"]]
     dirs = {k: grid_run / "stats" / k.relpath() for k in keys}
-    per_seed = [_macro(d, "dino") - _macro(d, "random") for d in dirs.values()]
-    by_hand = np.mean(per_seed, axis=0)  # per resample, over seeds
+    per_seed = np.stack([_macro(d, "dino") - _macro(d, "random") for d in dirs.values()], axis=1)  # B x S
+    rng = np.random.default_rng([7, 0x5EED, 2, per_seed.shape[0]])
+    draws = rng.integers(0, 2, size=per_seed.shape)
+    assert 0.2 < draws.mean() < 0.8  # both seeds are drawn
+    by_hand = np.array([per_seed[b, draws[b]].mean() for b in range(per_seed.shape[0])])
+    assert not np.allclose(by_hand, per_seed.mean(axis=1))  # the seed level is really resampled
+    per_seed = list(per_seed.T)
     lo, hi = np.percentile(by_hand, [2.5, 97.5])
     expected = {"delta": by_hand.mean(), "ci_low": lo, "ci_high": hi, "p_a_gt_b": 1 - np.mean(by_hand > 0),
                 "n_seeds": 2, "n_labels": 3}
     # exact, from the functions the CLI calls ...
-    deltas = grid_deltas(read_cells(dirs, inits=INITS), contrasts=[("dino", "random")], evaluation=EVAL)
+    deltas = grid_deltas(read_cells(dirs, inits=INITS), contrasts=[("dino", "random")], evaluation=EVAL,
+                         master_seed=7)
     row = deltas[(deltas["seed"] == POOLED) & (deltas["label"] == "macro")]
     assert len(row) == 1
     assert {k: row.iloc[0][k] for k in expected} == pytest.approx(expected, abs=1e-12)

@@ -131,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
         inits = list(settings["inits"])
         contrasts = contrasts_from_settings(settings)
         cells = read_cells(_parse_cells(args.cell), inits=inits)
-        grid = grid_table(cells, inits=inits)
-        deltas = grid_deltas(cells, contrasts=contrasts, evaluation=settings["evaluation"])
+        grid = grid_table(cells, inits=inits, master_seed=int(settings["seed"]))
+        deltas = grid_deltas(cells, contrasts=contrasts, evaluation=settings["evaluation"],
+                             master_seed=int(settings["seed"]))
     except (ConfigError, GridError, KeyError, ValueError) as exc:  # ValueError: CellKey.from_relpath
         print(f"error: {exc}", file=sys.stderr)
         return 2

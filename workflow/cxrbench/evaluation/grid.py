@@ -5,14 +5,15 @@ seed) as ``cxrbench evaluate`` writes it. All cells of a dataset share the test 
 (the CLI checks this), so resample ``b`` of one cell and resample ``b`` of another draw the same test images and
 every comparison stays paired — across initialisations within a cell, and across seeds.
 
-**Seed pooling.** The cells that differ only in the seed form a *pool*. Within each bootstrap resample the
-AUROC (or the ΔAUROC of a pair) is averaged over the pool's seeds; the mean, percentile CI and paired p-values
-are then taken over the resamples exactly as for one run (``bootstrap.summarise``, ``comparisons.paired_test``).
-Averaging a and b over seeds and then differencing is the same as averaging the per-seed Δ, so the p-value
-of a pooled row counts the resamples where the seed-averaged Δ is positive. What the interval holds: the
-test-set noise of the seed-averaged models, including how differently the seeds rank the drawn images; the
-seeds themselves are not resampled, so a shift of one whole seed moves the pooled estimate (by 1/S of it) but
-does not widen its interval. The per-seed rows show that spread (``grid_seed_spread``).
+**Seed pooling.** The cells that differ only in the seed form a *pool*. The pooled bootstrap has two levels:
+resample ``b`` draws the test images (the dataset's shared indices, as for one run) *and* ``S`` of the pool's ``S``
+seeds with replacement (:func:`seed_draws`, from the master seed), and averages the AUROC (or the ΔAUROC of a pair)
+over the drawn seeds. The mean, percentile CI and paired p-values are then taken over the resamples exactly as for
+one run (``bootstrap.summarise``, ``comparisons.paired_test``). Both initialisations of a pair use the same drawn
+images and seeds, so the comparison stays paired. The interval therefore holds both test-set noise and seed noise:
+a seed that is much better than the others widens it instead of only shifting the estimate. With one seed the
+pooled row equals that seed's row. With few seeds (3) the seed level is coarse — it can only draw those seeds — so
+read the per-seed rows beside it (``grid_seed_spread``).
 
 NaN policy: a label undefined on the test set (one class) gets NaN rows, as in ``metrics.parquet``; a resample
 where a label has one class is NaN for every seed (same images), so its pooled value is NaN too and
@@ -147,16 +148,37 @@ def pools(cells: Sequence[CellStats]) -> dict[tuple[Any, ...], list[CellStats]]:
     return out
 
 
+def seed_draws(n_seeds: int, n_resamples: int, *, seed: int) -> np.ndarray:
+    """Seed indices (n_resamples x n_seeds) drawn with replacement: the seed level of the pooled bootstrap.
+
+    Depends only on the master seed and the two counts, so every pool and initialisation with as many seeds
+    draws the same seeds in resample ``b`` (pairing holds), and reruns give the same draws.
+    """
+    if n_seeds < 1 or n_resamples < 0:
+        raise ValueError(f"seed_draws: need n_seeds >= 1 and n_resamples >= 0, got {n_seeds}, {n_resamples}")
+    if n_seeds == 1:
+        return np.zeros((n_resamples, 1), dtype=np.int64)
+    rng = np.random.default_rng([int(seed), 0x5EED, n_seeds, n_resamples])
+    return rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
+
+
+def pool_over_seeds(series: Sequence[np.ndarray], *, seed: int) -> np.ndarray:
+    """Per-resample mean over the seeds drawn by :func:`seed_draws` (``series``: one array per seed, same length)."""
+    stacked = np.stack([np.asarray(v, dtype=float) for v in series], axis=1)  # resamples x seeds
+    draws = seed_draws(stacked.shape[1], stacked.shape[0], seed=seed)
+    return np.take_along_axis(stacked, draws, axis=1).mean(axis=1)
+
+
 def _summary(values: np.ndarray, *, defined: bool, context: str) -> dict[str, float]:
     # An undefined label is NaN in every resample: NaN row, no warning (as `evaluate` does).
     return summarise(values, context=context) if defined else summarise(values[:0])
 
 
-def grid_table(cells: Sequence[CellStats], *, inits: Sequence[str]) -> pd.DataFrame:
+def grid_table(cells: Sequence[CellStats], *, inits: Sequence[str], master_seed: int) -> pd.DataFrame:
     """``grid.csv``: bootstrap-mean AUROC and 95% percentile CI per (init, cell, label) and seed-pooled.
 
     ``macro`` is the run's per-resample mean over its defined labels (``evaluate``'s macro series); the pooled
-    value of a resample is the mean over the pool's seeds. Rows: inits in config order, then pools in order of
+    value of a resample is the mean over the seeds drawn for it (:func:`pool_over_seeds`, ``master_seed``). Rows: inits in config order, then pools in order of
     first appearance, seeds ascending then ``pooled``, labels in run order then ``macro``.
     """
     rows = []
@@ -179,7 +201,7 @@ def grid_table(cells: Sequence[CellStats], *, inits: Sequence[str]) -> pd.DataFr
                     s = _summary(values, defined=ok, context=f"{where} seed {seed}: ")
                     rows.append({"init": init, **axes, "seed": seed, "label": label, "auroc": s["mean"],
                                  "ci_low": s["ci_low"], "ci_high": s["ci_high"]})
-                s = _summary(np.mean(series, axis=0), defined=all(defined), context=f"{where} pooled: ")
+                s = _summary(pool_over_seeds(series, seed=master_seed), defined=all(defined), context=f"{where} pooled: ")
                 rows.append({"init": init, **axes, "seed": POOLED, "label": label, "auroc": s["mean"],
                              "ci_low": s["ci_low"], "ci_high": s["ci_high"]})
     return pd.DataFrame(rows, columns=list(GRID_COLUMNS)).astype({"seed": object})
@@ -213,11 +235,12 @@ def _pair_series(a: RunResamples, b: RunResamples, labels: list[str]) -> dict[st
 
 
 def grid_deltas(cells: Sequence[CellStats], *, contrasts: Sequence[tuple[str, str]],
-                evaluation: dict[str, Any]) -> pd.DataFrame:
+                evaluation: dict[str, Any], master_seed: int) -> pd.DataFrame:
     """``grid_deltas.csv``: ΔAUROC (a − b) per contrast, cell, shared label and macro, per seed and seed-pooled.
 
     Per seed this is the cell's paired test (equal to its ``tests.parquet`` row); pooled, a and b are averaged
-    over the seeds both ran within each resample, then tested the same way. ``p_adjusted`` is the two-sided p,
+    over the seeds drawn for each resample among those both ran (the same draws for a and b), then tested the
+    same way. ``p_adjusted`` is the two-sided p,
     Benjamini-Hochberg adjusted within ``evaluation.fdr_family``'s families, taken separately for every
     (size, regime, label_fraction, seed-or-pooled): a family never mixes grid settings or per-seed with pooled
     rows, so adding a value to an axis leaves every existing adjusted p unchanged.
@@ -242,7 +265,8 @@ def grid_deltas(cells: Sequence[CellStats], *, contrasts: Sequence[tuple[str, st
             series = [(seed, run_a, s, 1) for seed, run_a, s in per_seed]
             if pooled_labels:
                 per = [_pair_series(ra, rb, pooled_labels) for _, ra, rb in pairs]
-                pooled = {lab: (np.mean([p[lab][0] for p in per], axis=0), np.mean([p[lab][1] for p in per], axis=0))
+                pooled = {lab: (pool_over_seeds([p[lab][0] for p in per], seed=master_seed),
+                                pool_over_seeds([p[lab][1] for p in per], seed=master_seed))
                           for lab in (*pooled_labels, MACRO)}
                 series.append((POOLED, pairs[0][1], pooled, len(pairs)))
             for seed, run_a, by_label, n_seeds in series:
