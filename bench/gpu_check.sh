@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # GPU check for the fine-tuning stage: ViT-B/16 and ViT-B/14 training img/s at 224 px in bf16 and peak memory,
 # then one epoch of the real training loop (cxrbench.training.loop.fit) from an in-memory uint8 cache with
-# loader workers. Random weights only (no hub, works offline); finishes in ~2-4 minutes on one GPU.
-# Target: >= 2,500 img/s for ViT-B/16 on one H200. Exits 0 with a message where there is no GPU.
+# loader workers; then the grid's regimes and sizes (bench/regimes.py): finetune, LoRA and the linear probe on
+# cached features at 224 px, and fine-tuning / feature extraction at 224 vs 512 px. Random weights only (no hub,
+# works offline); finishes in ~4-6 minutes on one GPU.
+# Targets: >= 2,500 img/s for ViT-B/16 on one H200; linear probe >= 20x faster per epoch than fine-tuning.
+# Exits 0 with a message where there is no GPU.
 #
 #   bash bench/gpu_check.sh            (from the repository root, with the venv / train env active)
 set -euo pipefail
@@ -83,3 +86,17 @@ print(f"  end-to-end fit() ViT-B/16 b32   {e2e:8.0f} img/s (includes data loadin
 b16 = max(r for n, b, r, p in results if n == "vit_base_patch16_224")
 print(f"  target >= 2500 img/s ViT-B/16 (best batch): {'PASS' if b16 >= 2500 else 'BELOW TARGET'} ({b16:.0f})")
 PYEOF
+
+echo
+echo "regimes and sizes (bench/regimes.py): ViT-B/16, 2,048 images, bf16, 8 loader workers:"
+HF_HUB_OFFLINE=1 CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 360 "$PY" bench/regimes.py --model vit_base_patch16_224 \
+  --size 224 --sizes 224 512 --n 2048 --epochs 2 --batch-size 32 --num-workers 8 --device cuda
+
+# --- compute plan: measured-throughput row for resources/gpus.csv (issue 13 section 2; owner: the plan) -----------
+# Times ViT-B/16 fine-tuning steps at 224 px in bf16, batch 32 (the study's recipe), counts their FLOPs with the plan's
+# own counter and appends a row with the measured model-FLOP utilisation to resources/gpus.csv; `cxrbench plan` uses
+# the last row of a GPU name, so this row replaces the data sheet's assumed MFU. GPUS_CSV=path writes elsewhere.
+echo "compute plan: measuring MFU for resources/gpus.csv"
+HF_HUB_OFFLINE=1 timeout 300 "$PY" -m cxrbench.plan.measure --device cuda --model vit_base_patch16_224 --size 224 \
+  --batch 32 --precision bf16 --append "${GPUS_CSV:-resources/gpus.csv}"
+# --- end of the compute-plan block ------------------------------------------------------------------------------

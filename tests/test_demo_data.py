@@ -113,9 +113,11 @@ def test_invalid_arguments_fail_clearly(tmp_path: Path) -> None:
 
 
 def test_same_seed_gives_byte_identical_files_through_the_cli(demo_root: Path, tmp_path: Path) -> None:
+    """Two worker processes write what one process wrote (the fixture), byte for byte."""
     settings = json.dumps({"enabled": True, "root": "ignored", "seed": 7, "images_per_dataset": 240})
     names = ["mimic", "vindr"]  # gzip tables and every DICOM transfer syntax
-    assert cli_main(["demo-data", "--settings", settings, "--out", str(tmp_path), "--datasets", *names]) == 0
+    assert cli_main(["demo-data", "--settings", settings, "--out", str(tmp_path), "--datasets", *names,
+                     "--workers", "2"]) == 0
     for name in names:
         folder = DATASETS[name][0]
         files = sorted(p.relative_to(tmp_path / folder) for p in (tmp_path / folder).rglob("*") if p.is_file())

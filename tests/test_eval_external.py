@@ -297,7 +297,7 @@ def test_external_auroc_equals_sklearn_on_the_predictions(trained: dict, tmp_pat
     assert lo <= mean <= hi
     for name in table_names():
         assert (tmp_path / "tables" / f"{name}.csv").is_file()
-    for name in figure_names(["random"]):
+    for name in figure_names(["random"], []):
         assert (tmp_path / "figures" / f"{name}.png").is_file() and (tmp_path / "figures" / f"{name}.pdf").is_file()
 
 
@@ -426,7 +426,10 @@ def test_generalisation_gap_recovers_the_planted_loss(scenario: dict) -> None:
 def test_overlap_table_and_figures_are_written(scenario: dict) -> None:
     overlap = pd.read_csv(scenario["tables"] / "label_overlap.csv")
     assert set(overlap[overlap["dataset_a"] == "alpha"]["dataset_b"]) == {"beta", "gamma"}
-    for name in figure_names(["good", "poor", "twin"]):
+    assert figure_names(["good", "poor", "twin"], [("good", "poor"), ("twin", "good")])[3:5] == [
+        "external_delta_good_vs_poor", "external_delta_twin_vs_good"]
+    # no `contrasts` in the settings: every initialisation against the reference (the first)
+    for name in figure_names(["good", "poor", "twin"], [("poor", "good"), ("twin", "good")]):
         for ext in ("pdf", "png"):
             assert (scenario["figures"] / f"{name}.{ext}").stat().st_size > 0, name
 

@@ -24,5 +24,8 @@ if config["demo"]["enabled"]:
             "../../envs/base.yaml"
         log:
             LAYOUT.logs() / "demo_data.log",
+        # One process per dataset; Snakemake lowers this to the cores it has.
+        threads: 6
         shell:
-            "{CXRBENCH} demo-data --settings {params.settings} --out {config[demo][root]} > {log} 2>&1"
+            "{CXRBENCH} demo-data --settings {params.settings} --out {config[demo][root]} --workers {threads}"
+            " > {log} 2>&1"

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from cxrbench.demo import chestxray14, chexpert, mimic, padchest, uka, vindr
@@ -42,13 +43,24 @@ DATASETS: dict[str, tuple[str, Writer]] = {
 }
 
 
+def _write_one(root: Path, name: str, seed: int, images_per_dataset: int) -> tuple[dict[str, int], set[str], float]:
+    """Write one dataset; returns its counts, the identifiers written into its DICOMs and the seconds taken."""
+    folder, writer = DATASETS[name]
+    identifiers = Identifiers()
+    t0 = time.perf_counter()
+    counts = writer(root / folder, seed=seed, n_images=images_per_dataset * SCALE.get(name, 1),
+                    identifiers=identifiers)
+    return counts, identifiers.values, time.perf_counter() - t0
+
+
 def write_demo(
-    root: Path, *, seed: int, images_per_dataset: int, datasets: list[str] | None = None
+    root: Path, *, seed: int, images_per_dataset: int, datasets: list[str] | None = None, workers: int = 1
 ) -> dict[str, object]:
     """Write the demo datasets under ``root`` and ``root/demo-manifest.json``; returns the manifest.
 
     ``datasets`` selects dataset keys (default: all six). The same ``seed`` gives byte-identical
-    label files and images.
+    label files and images, whatever ``workers`` (processes writing datasets side by side): every dataset draws
+    from its own generators (:func:`cxrbench.demo.common.dataset_rng`).
     """
     names = list(DATASETS) if datasets is None else list(datasets)
     unknown = [n for n in names if n not in DATASETS]
@@ -60,14 +72,21 @@ def write_demo(
         check_encoders()
     root = Path(root)
     identifiers = Identifiers()
+    results: dict[str, tuple[dict[str, int], set[str], float]] = {}
+    if workers > 1 and len(names) > 1:
+        # The largest datasets first, so the last one to start is a small one.
+        order = sorted(names, key=lambda n: -SCALE.get(n, 1))
+        with ProcessPoolExecutor(max_workers=min(workers, len(names))) as pool:
+            futures = {n: pool.submit(_write_one, root, n, seed, images_per_dataset) for n in order}
+            results = {n: futures[n].result() for n in order}
+    else:
+        results = {n: _write_one(root, n, seed, images_per_dataset) for n in names}
     written: dict[str, dict[str, object]] = {}
     for name in names:
-        folder, writer = DATASETS[name]
-        t0 = time.perf_counter()
-        counts = writer(root / folder, seed=seed, n_images=images_per_dataset * SCALE.get(name, 1),
-                        identifiers=identifiers)
-        _logger.info("demo %s: %s in %.1f s -> %s", name, counts, time.perf_counter() - t0, root / folder)
-        written[name] = {"root": folder, **counts}
+        counts, values, seconds = results[name]
+        identifiers.add(*values)
+        _logger.info("demo %s: %s in %.1f s -> %s", name, counts, seconds, root / DATASETS[name][0])
+        written[name] = {"root": DATASETS[name][0], **counts}
     manifest: dict[str, object] = {
         "generator": "cxrbench.demo",
         "generator_version": GENERATOR_VERSION,

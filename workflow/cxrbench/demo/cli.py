@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="demo root folder to write")
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=None,
                         help="write only these datasets (default: all six)")
+    parser.add_argument("--workers", type=int, default=1, help="processes writing datasets side by side")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     # openjpeg logs one INFO line per encoded tile: thousands of lines of noise in the rule's log.
     logging.getLogger("openjpeg").setLevel(logging.WARNING)
     manifest = write_demo(args.out, seed=int(settings["seed"]),
-                          images_per_dataset=int(settings["images_per_dataset"]), datasets=args.datasets)
+                          images_per_dataset=int(settings["images_per_dataset"]), datasets=args.datasets,
+                          workers=max(1, args.workers))
     _logger.info("wrote %d demo datasets under %s", len(manifest["datasets"]), args.out)
     return 0

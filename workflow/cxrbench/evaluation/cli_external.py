@@ -28,6 +28,7 @@ from cxrbench.evaluation.external import (
     read_external,
     table_names,
 )
+from cxrbench.evaluation.grid import GridError, contrasts_from_settings
 from cxrbench.evaluation.outputs import figure_files
 from cxrbench.evaluation.predictions import PredictionError
 from cxrbench.training.data import DataError
@@ -38,8 +39,8 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--settings", required=True, help="JSON: evaluation settings, seed, inits, pretrain_datasets "
-                   "(the aggregate rule's settings)")
+    p.add_argument("--settings", required=True, help="JSON: evaluation settings, inits, pretrain_datasets and "
+                   "contrasts ([[a, b], ...], default every init against evaluation.reference_init)")
     p.add_argument("--labels", action="append", required=True, metavar="DATASET=PATH",
                    help="a dataset's labels.parquet; repeat once per dataset, in config order (matrix order)")
     p.add_argument("--in-domain", action="append", required=True, metavar="RUNKEY=PATH",
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = parse_settings(args.settings)
         inits = list(settings["inits"])
+        contrasts = contrasts_from_settings(settings)
         pretrain = dict(settings.get("pretrain_datasets") or {})
         labels = {ds: read_labels_table(path)[1] for ds, path in _pairs(args.labels, "--labels").items()}
         datasets = list(labels)
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"predictions on {unknown}, which have no --labels")
         numba.set_num_threads(max(1, min(args.threads, numba.config.NUMBA_NUM_THREADS)))
         out = external_matrix(runs, stats, inits=inits, evaluation=settings["evaluation"])
-    except (ConfigError, DataError, PredictionError, KeyError) as exc:
+    except (ConfigError, DataError, PredictionError, GridError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     overlap = label_overlap(labels)
@@ -121,15 +123,15 @@ def run(args: argparse.Namespace) -> int:
         figures[f"external_auroc_{init}"] = auroc_matrix_figure(
             external, init=init, datasets=datasets, scale=scale, shared_pairs=shared_pairs,
             pretrain_datasets=pretrain)
-    for k, a in enumerate(inits):
-        for b in inits[k + 1:]:
-            figures[f"external_delta_{a}_vs_{b}"] = delta_matrix_figure(
-                tests, init_a=a, init_b=b, datasets=datasets, panels=panels, limit=limit, alpha=alpha,
-                shared_pairs=shared_pairs, ran=ran, pretrain_datasets=pretrain)
+    for a, b in contrasts:
+        figures[f"external_delta_{a}_vs_{b}"] = delta_matrix_figure(
+            tests, init_a=a, init_b=b, datasets=datasets, panels=panels, limit=limit, alpha=alpha,
+            shared_pairs=shared_pairs, ran=ran, pretrain_datasets=pretrain)
     figures["external_gap"] = gap_figure(out["gap"], inits=inits, datasets=datasets, panels=panels,
                                          pretrain_datasets=pretrain)
-    if list(figures) != figure_names(inits):
-        raise RuntimeError(f"figures {list(figures)} differ from external.figure_names {figure_names(inits)}")
+    if list(figures) != figure_names(inits, contrasts):
+        raise RuntimeError(f"figures {list(figures)} differ from external.figure_names "
+                           f"{figure_names(inits, contrasts)}")
     for name, fig in figures.items():
         save_figure(fig, figure_files(args.figures_dir, name))
     n_ext = int((~external["in_domain"].astype(bool) & (external["level"] == "macro")).sum())

@@ -298,12 +298,12 @@ def table_names() -> list[str]:
     return ["label_overlap", "external", "external_tests", "external_gap"]
 
 
-def figure_names(inits: Sequence[str]) -> list[str]:
+def figure_names(inits: Sequence[str], contrasts: Sequence[tuple[str, str]]) -> list[str]:
     """Figures ``cxrbench external`` writes into ``--figures-dir`` (``<name>.pdf`` and ``.png``): the AUROC
-    matrix per initialisation, the Δ matrix per pair of initialisations in config order (Δ = first − second),
-    and the generalisation gap."""
+    matrix per initialisation, the Δ matrix per contrast (a, b) (Δ = a − b; the grid's
+    ``contrasts_from_settings``), and the generalisation gap."""
     names = [f"external_auroc_{i}" for i in inits]
-    names += [f"external_delta_{a}_vs_{b}" for k, a in enumerate(inits) for b in inits[k + 1:]]
+    names += [f"external_delta_{a}_vs_{b}" for a, b in contrasts]
     return [*names, "external_gap"]
 
 

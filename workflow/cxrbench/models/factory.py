@@ -22,7 +22,18 @@ from cxrbench.models.registry import InitSpec, WeightsMissing, locate_weights, w
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["IncompleteWeights", "build_model", "check_loaded_keys", "data_config", "sha256_file"]
+__all__ = [
+    "IncompleteWeights",
+    "add_lora",
+    "build_model",
+    "check_loaded_keys",
+    "data_config",
+    "lora_targets",
+    "merged_lora_state",
+    "select_head_rows",
+    "sha256_file",
+    "trainable_parameters",
+]
 
 
 def sha256_file(path: str | Path, *, chunk: int = 1 << 22) -> str:
@@ -65,8 +76,8 @@ def build_model(
         img_size: input side length; absolute position embeddings are resampled to it.
         hf_home: offline Hugging Face cache root (source ``hub``).
         pipeline_state: source ``pipeline`` only -- the pre-trained state dict (from its ``best.pt``).
-        keep_head: source ``pipeline`` only -- load the pre-trained classifier as well (``transfer: study``;
-            the label lists must then be identical, which the caller checks).
+        keep_head: source ``pipeline`` only -- load the pre-trained classifier as well (``transfer: study`` or
+            ``shared_head``; the caller cuts the head to the run's labels with :func:`select_head_rows`).
 
     Raises:
         WeightsMissing: hub/file weights are not on disk (message with the fetch command).
@@ -182,6 +193,23 @@ def _abbreviate(keys: list[str], limit: int = 30) -> str:
     return shown if len(keys) <= limit else f"{shown}, ... and {len(keys) - limit} more"
 
 
+def select_head_rows(state: dict[str, torch.Tensor], *, model: str, rows: list[int]) -> dict[str, torch.Tensor]:
+    """``state`` with the classifier's outputs cut to ``rows`` (in that order); every other tensor unchanged.
+
+    ``transfer: shared_head`` keeps the pre-trained head's rows of the labels a target shares with the
+    pre-training dataset. A classifier whose tensors have no output dimension (none in timm) would be an error.
+    """
+    head = _classifier_keys(model)
+    index = torch.as_tensor(rows, dtype=torch.long)
+    out = dict(state)
+    for key, value in state.items():
+        if key.rsplit(".", 1)[0] in head:
+            if value.ndim == 0 or value.shape[0] <= max(rows, default=-1):
+                raise ValueError(f"classifier tensor {key!r} of shape {tuple(value.shape)} has no rows {rows}")
+            out[key] = value.index_select(0, index).clone()
+    return out
+
+
 def _classifier_keys(model: str) -> set[str]:
     """Module names of the classifier(s) of a timm architecture (from its pretrained config)."""
     import timm.models
@@ -201,3 +229,71 @@ def data_config(model: nn.Module) -> dict[str, Any]:
 def weights_file(spec: InitSpec, *, hf_home: str | Path) -> Path | None:
     """The external weight file an initialisation loads (hub/file), for hashing; None otherwise."""
     return locate_weights(spec, hf_home=hf_home)
+
+
+# --- parameter-efficient regimes ---------------------------------------------------------------------
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    """Number of parameters the optimiser updates (``requires_grad``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def lora_targets(model: nn.Module, names: list[str]) -> list[str]:
+    """Full module paths of the linear layers named ``names`` whose parent is an attention module.
+
+    A bare name such as ``proj`` would also match the patch embedding (``patch_embed.proj``, a convolution) and,
+    in other architectures, MLP layers; restricting to children of ``*Attention`` modules keeps the adapters on
+    the attention projections (timm ViT: ``blocks.<i>.attn.qkv`` and ``blocks.<i>.attn.proj``).
+
+    Raises:
+        ValueError: no layer matches (e.g. a CNN, or a misspelt name).
+    """
+    wanted = set(names)
+    out = []
+    for path, module in model.named_modules():
+        parent, _, leaf = path.rpartition(".")
+        in_attention = bool(parent) and type(model.get_submodule(parent)).__name__.endswith("Attention")
+        if leaf in wanted and isinstance(module, nn.Linear) and in_attention:
+            out.append(path)
+    if not out:
+        raise ValueError(
+            f"training.lora.target_modules {sorted(wanted)} match no linear layer inside an attention module of "
+            f"{type(model).__name__}"
+        )
+    return out
+
+
+def add_lora(model: nn.Module, *, rank: int, alpha: float, dropout: float, target_modules: list[str]) -> nn.Module:
+    """Wrap ``model`` with peft LoRA adapters on its attention projections; only adapters and the head train.
+
+    Returns the ``peft.PeftModel`` (it modifies ``model`` in place: the targeted layers become LoRA layers).
+    The classifier (``model.get_classifier()``) stays trainable, everything else is frozen. Adapters start as
+    a zero update (peft's default: B = 0), so the wrapped model computes what ``model`` did.
+    """
+    import peft
+
+    targets = lora_targets(model, list(target_modules))
+    config = peft.LoraConfig(
+        r=int(rank), lora_alpha=float(alpha), lora_dropout=float(dropout), target_modules=targets, bias="none"
+    )
+    wrapped = peft.get_peft_model(model, config)
+    for p in model.get_classifier().parameters():
+        p.requires_grad_(True)
+    _logger.info(
+        "LoRA r=%d alpha=%g dropout=%g on %d layers (%s ...): %d trainable parameters",
+        rank, alpha, dropout, len(targets), targets[0], trainable_parameters(wrapped),
+    )
+    return wrapped
+
+
+def merged_lora_state(wrapped: nn.Module) -> dict[str, torch.Tensor]:
+    """The plain timm state dict (CPU) of a LoRA-wrapped model with its adapters merged into the weights.
+
+    Merges a copy (peft ``merge_and_unload``), so training can go on with ``wrapped`` unchanged; loading the
+    result needs neither peft nor the adapter settings.
+    """
+    import copy
+
+    merged = copy.deepcopy(wrapped).merge_and_unload()
+    return {k: v.detach().cpu() for k, v in merged.state_dict().items()}

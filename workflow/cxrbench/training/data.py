@@ -33,8 +33,10 @@ __all__ = [
     "augment",
     "load_split",
     "parent_of",
+    "read_fractions",
     "read_labels_table",
     "read_manifest",
+    "select_label_fraction",
     "shared_labels",
 ]
 
@@ -134,6 +136,57 @@ def add_merged_columns(df: pd.DataFrame, labels: list[str], *, parents: dict[str
         out = out.assign(**{f"y_{label}": merged.astype(np.float32)})
         _logger.info("y_%s merged from %s", label, ", ".join(children))
     return out
+
+
+# --- label fractions --------------------------------------------------------------------------------
+
+
+def read_fractions(path: str | Path) -> pd.Series:
+    """``fractions.parquet`` (``image_id``, ``min_fraction``) -> min_fraction by image_id, checked.
+
+    ``min_fraction`` is the smallest label fraction whose (nested) train subset contains the image.
+
+    Raises:
+        DataError: the file is missing, lacks a column, repeats an image or has a value outside (0, 1].
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: label-fraction file does not exist")
+    df = pd.read_parquet(path)
+    missing = [c for c in ("image_id", "min_fraction") if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    if df["image_id"].duplicated().any():
+        raise DataError(f"{path}: image_id {df['image_id'][df['image_id'].duplicated()].iloc[0]!r} is not unique")
+    values = df["min_fraction"].to_numpy(dtype=np.float64)
+    bad = ~((values > 0) & (values <= 1))
+    if bad.any():
+        raise DataError(
+            f"{path}: image {df['image_id'].iloc[int(np.argmax(bad))]!r} has min_fraction "
+            f"{values[bad][0]}; expected a value in (0, 1]"
+        )
+    return pd.Series(values, index=df["image_id"].astype(str).to_numpy(), name="min_fraction")
+
+
+def select_label_fraction(
+    labels_df: pd.DataFrame, min_fraction: pd.Series, fraction: float, *, source_name: str = "fractions.parquet"
+) -> pd.DataFrame:
+    """Drop the train images outside the ``fraction`` subset (``min_fraction > fraction``); val/test untouched.
+
+    Raises:
+        DataError: a train image has no ``min_fraction`` (the file was built from other labels).
+    """
+    train = labels_df["split"] == "train"
+    mins = labels_df.loc[train, "image_id"].astype(str).map(min_fraction)
+    if mins.isna().any():
+        raise DataError(
+            f"{source_name}: {int(mins.isna().sum())} train image(s) have no min_fraction (first: "
+            f"{labels_df.loc[mins.index[mins.isna()][0], 'image_id']!r}); rebuild it from this labels.parquet"
+        )
+    # The fractions are the config's own numbers written back as floats: compare with a rounding margin.
+    drop = mins.index[mins.to_numpy(dtype=np.float64) > fraction + 1e-12]
+    _logger.info("label fraction %g: %d of %d train images", fraction, int(train.sum()) - len(drop), int(train.sum()))
+    return labels_df.drop(index=drop)
 
 
 # --- images -----------------------------------------------------------------------------------------

@@ -257,6 +257,7 @@ def fit(
     best_meta: dict[str, Any] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     progress: Progress | None = None,
+    export: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``train_ds``, select on ``val_ds`` (``cfg.selection_metric``), checkpoint
     every epoch.
@@ -264,7 +265,9 @@ def fit(
     Resumes from ``out_dir/checkpoint.pt`` when it has the same ``fingerprint``. Writes ``history.csv`` and
     ``checkpoint-best.pt`` (the best weights plus ``best_meta``) as it goes. ``on_step(epoch, step)`` is
     called before every optimiser step (fault-injection tests); ``progress`` reports epochs and steps
-    (default: to the log only).
+    (default: to the log only). Only parameters with ``requires_grad`` are optimised (LoRA freezes the
+    backbone). ``export(model)`` gives the weights saved as the best state (default: ``model``'s own state
+    dict): a linear probe trains the head alone but saves the whole network, LoRA saves merged weights.
 
     Raises:
         ValueError: no validation label has both classes, so checkpoints cannot be ranked; an unknown
@@ -286,9 +289,10 @@ def fit(
     weight = torch.from_numpy(pos_weight(train_targets)).to(device)
     model.to(device)
     # The fused CUDA kernel is one launch per step instead of one per tensor (same update rule).
-    optimiser = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
-    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameter (requires_grad)")
+    optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser,
         lambda e: lr_factor(e, schedule=cfg.schedule, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs),
@@ -363,7 +367,9 @@ def fit(
             _atomic_save(
                 {
                     **(best_meta or {}),
-                    "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                    "model": export(model)
+                    if export is not None
+                    else {k: v.cpu() for k, v in model.state_dict().items()},
                     "epoch": epoch + 1,
                     "val_auroc": macro,
                     "val_loss": val_loss,

@@ -22,6 +22,7 @@ __all__ = [
     "pretrain_run_dir",
     "pretrain_settings",
     "pretrain_target",
+    "regime_training",
     "resolve_training",
     "run_settings",
     "train_runs",
@@ -67,7 +68,8 @@ def _img_size(spec: InitSpec, config: dict[str, Any]) -> int:
 
 
 def pretrain_target(spec: InitSpec, dataset: str) -> str | None:
-    """The target a ``pipeline`` init pre-trains for: the dataset in ``study`` mode, None (all labels) otherwise."""
+    """The target a ``pipeline`` init pre-trains for: the dataset in ``study`` mode, None (all labels) otherwise
+    (``backbone`` and ``shared_head`` pre-train once on every label of the pre-training dataset)."""
     return dataset if spec.transfer == "study" else None
 
 
@@ -75,7 +77,7 @@ def pretrain_run_dir(layout: Layout, spec: InitSpec, target: str | None) -> Path
     """``<results>/pretrain/<init>/<pretrain ds>/{all-labels | for-<target>}``.
 
     ``study`` transfer pre-trains once per target on the labels it shares with the pre-training dataset;
-    ``backbone`` transfer pre-trains once on the full label set.
+    ``backbone`` and ``shared_head`` transfer pre-train once on the full label set.
     """
     return layout.pretrain_run_dir(spec.name, spec.pretrain_dataset, target)
 
@@ -102,7 +104,7 @@ def run_settings(config: dict[str, Any], init: str, dataset: str) -> dict[str, A
         "dataset": dataset,
         "init": spec.to_dict(),
         "img_size": _img_size(spec, config),
-        "label_scope": "overlap" if spec.transfer == "study" else "all",
+        "label_scope": "overlap" if spec.transfer in ("study", "shared_head") else "all",
         "seed": derive_seed(config["seed"], "train", dataset),
         **_common(config),
     }
@@ -139,3 +141,33 @@ def pretrain_settings(config: dict[str, Any], init: str, target: str | None) -> 
         # The pre-training recipe may differ from the fine-tuning one (initialisations.<name>.pretrain_training).
         "training": resolve_training({**config["training"], **config["initialisations"][init]["pretrain_training"]}),
     }
+
+
+# `training` keys that configure the regimes themselves: they enter a run's settings only where they apply.
+_REGIME_KEYS = ("regimes", "lora")
+
+
+def regime_training(training: dict[str, Any], regime: str) -> dict[str, Any]:
+    """The ``training`` settings of one run of ``regime``, from :func:`resolve_training`'s output.
+
+    ``finetune`` gets ``training`` without the regime sections, so its settings (and results) are those of a
+    config without them; ``linear_probe`` and ``lora`` get their ``training.regimes.<regime>`` overrides. A
+    probe trains on features computed once, so its ``hflip``/``rotation`` are 0 (no augmentation, recorded as
+    such); ``lora`` carries ``training.lora`` (rank, alpha, dropout, target_modules).
+
+    Raises:
+        ConfigError: an unknown regime.
+    """
+    from cxrbench.runkey import REGIMES
+
+    if regime not in REGIMES:
+        raise ConfigError(f"unknown training regime {regime!r} (have: {', '.join(REGIMES)})")
+    out = {k: v for k, v in training.items() if k not in _REGIME_KEYS}
+    if regime == "finetune":
+        return out
+    out.update((training.get("regimes") or {}).get(regime) or {})
+    if regime == "linear_probe":
+        out.update(hflip=0.0, rotation=0.0)
+    else:
+        out["lora"] = dict(training.get("lora") or {})
+    return dict(sorted(out.items()))
