@@ -552,7 +552,9 @@ def read_cell_stats(stats_dir: str | Path) -> CellStats:
             raise ConfigError(f"{path} does not exist (run `cxrbench evaluate` for this cell first)")
     boot = json.loads(files.bootstrap_json.read_text(encoding="utf-8"))
     units = pd.read_parquet(files.units).sort_values("position")
-    indices = np.load(files.indices)
+    # memory-mapped: a grid has a stats folder per cell, each up to B x 40,000 test images; a kernel call
+    # reads one at a time
+    indices = np.load(files.indices, mmap_mode="r")
     if indices.ndim != 2 or indices.shape[1] != len(units):
         raise ConfigError(f"{files.indices}: shape {indices.shape} does not match {len(units)} units in "
                           f"{files.units.name}")
