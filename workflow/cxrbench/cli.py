@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cxrbench.training.cli", "fine-tune one (initialisation, dataset) run"),
     "evaluate": ("cxrbench.evaluation.cli_evaluate", "metrics and paired bootstrap for one dataset"),
     "aggregate": ("cxrbench.evaluation.cli_aggregate", "tests, tables, figures and output docs over all datasets"),
+    "external-predict": ("cxrbench.evaluation.cli_external_predict", "predict another dataset's test split with a run"),
+    "external": ("cxrbench.evaluation.cli_external", "external-validation matrix, paired tests, gap and figures"),
     "grid": ("cxrbench.evaluation.cli_grid", "experiment-grid tables and figures: per seed and seed-pooled"),
     "archive": ("cxrbench.archive", "pack results for publication"),
     "verify": ("cxrbench.archive_verify", "re-check an unpacked archive's checksums"),

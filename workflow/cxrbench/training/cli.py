@@ -32,7 +32,19 @@ from cxrbench.config import ConfigError, parse_settings
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["Prepared", "add_arguments", "predictions_frame", "prepare", "run", "setup_runtime", "train"]
+__all__ = [
+    "Prepared",
+    "add_arguments",
+    "input_transform",
+    "predictions_frame",
+    "prepare",
+    "resolve_device",
+    "run",
+    "run_precision",
+    "setup_runtime",
+    "train",
+    "write_predictions",
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +113,7 @@ def predictions_frame(
     )
 
 
-def _write_predictions(frames: list[pd.DataFrame], path: Path) -> None:
+def write_predictions(frames: list[pd.DataFrame], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -141,7 +153,7 @@ def _versions() -> dict[str, Any]:
     }
 
 
-def _resolve_device(name: str) -> Any:
+def resolve_device(name: str) -> Any:
     import torch
 
     if name == "auto":
@@ -149,6 +161,26 @@ def _resolve_device(name: str) -> Any:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but torch sees no GPU (CUDA build? CUDA_VISIBLE_DEVICES?)")
     return torch.device(name)
+
+
+def input_transform(model: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """Image size, normalisation and seed of a run's input tensors (``CxrDataset`` options).
+
+    ``prepare`` feeds the run's model with these, and so must anything that predicts with the run's weights
+    later (``cxrbench external-predict``).
+    """
+    from cxrbench.models.factory import data_config
+
+    mean = std = None
+    if settings["training"]["normalisation"] == "model":
+        dc = data_config(model)
+        mean, std = tuple(dc["mean"]), tuple(dc["std"])
+    return {"img_size": int(settings["img_size"]), "mean": mean, "std": std, "seed": int(settings["seed"])}
+
+
+def run_precision(training: dict[str, Any], device: Any) -> str:
+    """The configured precision on a GPU; fp32 elsewhere (autocast to bf16/fp16 is a GPU feature here)."""
+    return training["precision"] if device.type == "cuda" else "fp32"
 
 
 def _select_labels(
@@ -193,7 +225,7 @@ def setup_runtime(settings: dict[str, Any], *, device: str, threads: int) -> Any
 
     if threads > 0:
         torch.set_num_threads(threads)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     torch.backends.cudnn.benchmark = False
     # warn_only: GPU attention backward kernels have no deterministic variant; they warn instead of failing,
     # so CPU runs are bitwise reproducible and GPU runs as far as CUDA allows (docs/training.md).
@@ -246,7 +278,7 @@ def prepare(
     """
     import torch
 
-    from cxrbench.models.factory import build_model, data_config, select_head_rows, weights_file
+    from cxrbench.models.factory import build_model, select_head_rows, weights_file
     from cxrbench.models.registry import InitSpec
     from cxrbench.training.data import (
         add_merged_columns,
@@ -310,10 +342,6 @@ def prepare(
         pipeline_state=pipeline_state,
         keep_head=keep_head,
     )
-    mean = std = None
-    if tr["normalisation"] == "model":
-        dc = data_config(model)
-        mean, std = tuple(dc["mean"]), tuple(dc["std"])
     return Prepared(
         spec=spec,
         labels=labels,
@@ -322,7 +350,7 @@ def prepare(
         keep_head=keep_head,
         weights_path=Path(weights_path) if weights_path is not None else None,
         weights_sha=weights_sha,
-        transform={"img_size": img_size, "mean": mean, "std": std, "seed": int(settings["seed"])},
+        transform=input_transform(model, settings),
         training=tr,
     )
 
@@ -431,7 +459,7 @@ def train(
             trainable = add_lora(model, **tr["lora"])
             export = merged_lora_state
     n_trainable = trainable_parameters(trainable)
-    precision = tr["precision"] if dev.type == "cuda" else "fp32"
+    precision = run_precision(tr, dev)
     if precision != tr["precision"]:
         _logger.info("precision %s applies on GPU only: running fp32 on %s", tr["precision"], dev)
     cfg = FitConfig(
@@ -501,7 +529,7 @@ def train(
         )
         for s, ds in (("val", val_ds), ("test", test_ds))
     ]
-    _write_predictions(frames, out_dir / "predictions.parquet")
+    write_predictions(frames, out_dir / "predictions.parquet")
     best_pt = out_dir / "best.pt"
     best_pt.unlink(missing_ok=True)
     try:  # a hard link: no second copy of the weights, and the working copy survives a rerun
