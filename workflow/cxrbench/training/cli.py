@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="recompute activations in the backward pass (less memory, same numbers)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         num_workers=args.num_workers,
         threads=args.threads,
+        grad_checkpointing=args.grad_checkpointing,
     )
     return 0
 
@@ -179,6 +182,7 @@ def train(
     device: str = "auto",
     num_workers: int = 0,
     threads: int = 0,
+    grad_checkpointing: bool = False,
     on_step: Any = None,
 ) -> dict[str, Any]:
     """Run one training job end to end and write its outputs; returns the run.json content."""
@@ -265,6 +269,8 @@ def train(
         pipeline_state=pipeline_state,
         keep_head=keep_head,
     )
+    if grad_checkpointing:  # training.grad_checkpointing: a runtime key, so it is a flag, not a setting
+        model.set_grad_checkpointing(True)
     mean = std = None
     if tr["normalisation"] == "model":
         dc = data_config(model)
