@@ -83,3 +83,12 @@ print(f"  end-to-end fit() ViT-B/16 b32   {e2e:8.0f} img/s (includes data loadin
 b16 = max(r for n, b, r, p in results if n == "vit_base_patch16_224")
 print(f"  target >= 2500 img/s ViT-B/16 (best batch): {'PASS' if b16 >= 2500 else 'BELOW TARGET'} ({b16:.0f})")
 PYEOF
+
+# --- compute plan: measured-throughput row for resources/gpus.csv (issue 13 section 2; owner: the plan) -----------
+# Times ViT-B/16 fine-tuning steps at 224 px in bf16, batch 32 (the study's recipe), counts their FLOPs with the plan's
+# own counter and appends a row with the measured model-FLOP utilisation to resources/gpus.csv; `cxrbench plan` uses
+# the last row of a GPU name, so this row replaces the data sheet's assumed MFU. GPUS_CSV=path writes elsewhere.
+echo "compute plan: measuring MFU for resources/gpus.csv"
+HF_HUB_OFFLINE=1 timeout 300 "$PY" -m cxrbench.plan.measure --device cuda --model vit_base_patch16_224 --size 224 \
+  --batch 32 --precision bf16 --append "${GPUS_CSV:-resources/gpus.csv}"
+# --- end of the compute-plan block ------------------------------------------------------------------------------

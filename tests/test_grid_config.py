@@ -47,8 +47,7 @@ def test_without_grid_every_axis_has_todays_value(raw: dict) -> None:
     assert s["seed"] == derive_seed(cfg["seed"], "train", "vindr")
     assert (s["regime"], s["label_fraction"], s["replicate"], s["img_size"], s["variant"]) == (
         "finetune", 1.0, 0, 32, "paper-32")
-    assert len(grid_runs(cfg)) == 11 and pretrain_jobs(cfg) == [
-        PretrainJob("mimic_sl", d, 32) for d in cfg["datasets"] if d != "mimic"]
+    assert len(grid_runs(cfg)) == 11 and pretrain_jobs(cfg) == [PretrainJob("mimic_sl", None, 32)]  # shared_head
     assert features_jobs(cfg) == []
 
 
@@ -62,8 +61,10 @@ def test_replicates_sizes_and_regimes_in_the_settings(raw: dict) -> None:
     assert (rep["img_size"], rep["variant"], rep["label_fraction"], rep["replicate"]) == (48, "paper-48", 0.1, 3)
     assert len({replicate_seed(1, "vindr", r) for r in range(50)}) == 50
     # pre-training: once per size, never per seed, fraction or regime
+    assert pretrain_jobs(cfg) == [PretrainJob("mimic_sl", None, 32), PretrainJob("mimic_sl", None, 48)]
+    assert pretrain_settings(cfg, "mimic_sl", None, 48)["img_size"] == 48
+    cfg["initialisations"]["mimic_sl"]["transfer"] = "study"
     assert [j.size for j in pretrain_jobs(cfg)] == [32] * 5 + [48] * 5
-    assert pretrain_settings(cfg, "mimic_sl", "vindr", 48)["img_size"] == 48
     assert len(features_jobs(cfg)) == 11 * 2
     feat = features_settings(cfg, "mimic_sl", "vindr", 48)
     assert feat["role"] == "features" and feat["img_size"] == 48 and feat["label_scope"] == "overlap"

@@ -259,7 +259,7 @@ def test_changed_settings_do_not_resume_a_stale_checkpoint(data: dict, tmp_path:
     assert meta["resumed_from_epoch"] == 0 and meta["epochs_run"] == 2
 
 
-def test_pipeline_chain_backbone_and_study_transfer(data: dict, tmp_path: Path) -> None:
+def test_pipeline_chain_backbone_study_and_shared_head_transfer(data: dict, tmp_path: Path) -> None:
     mimic, ds = data["mimic"], data["ds"]
     chain = {
         "name": "mimic_sl",
@@ -302,6 +302,15 @@ def test_pipeline_chain_backbone_and_study_transfer(data: dict, tmp_path: Path) 
         **_quiet(),
     )
     assert fine["transfer"] == "study" and fine["labels"] == ["cardiomegaly", "pleural_effusion"]
+    # shared_head: the all-labels pre-training serves every target; the head keeps the shared labels' rows
+    fine = train(
+        settings_for(chain | {"transfer": "shared_head"}, label_scope="overlap", epochs=1),
+        out_dir=tmp_path / "sh",
+        init_checkpoint=tmp_path / "pre-all" / "best.pt",
+        **ds,
+        **_quiet(),
+    )
+    assert fine["transfer"] == "shared_head" and fine["labels"] == ["cardiomegaly", "pleural_effusion"]
     # a head pre-trained for another label list cannot be transferred whole
     with pytest.raises(ConfigError, match="pre-trained head predicts"):
         train(
@@ -362,3 +371,24 @@ def test_cli_entry_point(data: dict, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "epoch 1/1" in proc.stderr and "img/s" in proc.stderr
     assert (tmp_path / "predictions.parquet").is_file()
+
+
+def test_shared_head_transfer_starts_from_the_shared_rows_of_the_pretrained_head() -> None:
+    """The model a shared_head fine-tune starts from predicts exactly what the pre-trained model predicted for
+    the shared labels (rows picked by name, in the target's order), with the same backbone."""
+    from cxrbench.models.factory import build_model, select_head_rows
+    from cxrbench.models.registry import InitSpec
+
+    torch.manual_seed(0)
+    base = InitSpec(name="random", model=MODEL, source="none")
+    pre = build_model(base, num_classes=3, img_size=32, hf_home="unused")  # labels: a, b, c
+    chain = InitSpec(name="chain", model=MODEL, source="pipeline", pretrain_dataset="mimic", pretrain_init="random",
+                     transfer="shared_head")
+    state = select_head_rows(pre.state_dict(), model=MODEL, rows=[2, 0])  # target shares c and a, in that order
+    fine = build_model(chain, num_classes=2, img_size=32, hf_home="unused", pipeline_state=state, keep_head=True)
+    x = torch.rand(4, 3, 32, 32)
+    pre.eval(), fine.eval()
+    with torch.no_grad():
+        assert torch.equal(fine(x), pre(x)[:, [2, 0]])
+    with pytest.raises(ValueError, match="has no rows"):
+        select_head_rows(pre.state_dict(), model=MODEL, rows=[3])

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("cxrbench.demo.cli", "write the synthetic demo datasets in their native layouts"),
     "index": ("cxrbench.datasets.cli_index", "read a dataset's native label files into index.parquet"),
     "harmonise": ("cxrbench.labels.cli", "canonical findings, policies, views and splits -> labels.parquet"),
+    "fractions": ("cxrbench.labels.cli_fractions", "nested, patient-grouped label-fraction subsets of the train split"),
     "shard-plan": ("cxrbench.preprocess.cli_plan", "assign a dataset's images to preprocessing shards"),
     "preprocess": ("cxrbench.preprocess.cli_shard", "convert one shard of images to standard PNGs"),
     "collect-shards": ("cxrbench.preprocess.cli_collect", "merge shard manifests, enforce the rejection limit"),
@@ -33,8 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cxrbench.training.cli", "fine-tune one (initialisation, dataset) run"),
     "evaluate": ("cxrbench.evaluation.cli_evaluate", "metrics and paired bootstrap for one dataset"),
     "aggregate": ("cxrbench.evaluation.cli_aggregate", "tests, tables, figures and output docs over all datasets"),
+    "grid": ("cxrbench.evaluation.cli_grid", "experiment-grid tables and figures: per seed and seed-pooled"),
     "archive": ("cxrbench.archive", "pack results for publication"),
     "verify": ("cxrbench.archive_verify", "re-check an unpacked archive's checksums"),
+    "plan": ("cxrbench.plan.cli", "device-hours, CPU-hours, disk and memory of a config before submission"),
 }
 
 

@@ -12,6 +12,7 @@ Directory names are readable and fixed here (``Layout`` uses :meth:`RunKey.relpa
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import PurePosixPath
 from typing import Any
@@ -39,7 +40,7 @@ DEFAULT_SEED = 0
 def format_fraction(fraction: float) -> str:
     """Shortest exact decimal of a label fraction, as used in paths and tables (1.0 -> '1', 0.01 -> '0.01')."""
     text = repr(float(fraction))
-    return text[:-2] if text.endswith(".0") else text
+    return text.removesuffix(".0")
 
 
 def parse_fraction(text: str) -> float:
@@ -64,6 +65,26 @@ class CellKey:
         return PurePosixPath(
             self.dataset, f"{self.size}px", self.regime, f"frac-{format_fraction(self.fraction)}", f"seed-{self.seed}"
         )
+
+    @classmethod
+    def from_relpath(cls, text: str) -> CellKey:
+        """Inverse of :meth:`relpath`: ``<dataset>/<size>px/<regime>/frac-<f>/seed-<s>``; ValueError naming the text."""
+        parts = PurePosixPath(text).parts
+        match = len(parts) == 5 and all((
+            re.fullmatch(r"[1-9][0-9]*px", parts[1]), parts[2] in REGIMES,
+            parts[3].startswith("frac-"), re.fullmatch(r"seed-(0|-?[1-9][0-9]*)", parts[4]),
+        ))
+        if not match:
+            raise ValueError(f"cell {text!r} is not <dataset>/<size>px/<regime>/frac-<fraction>/seed-<seed> "
+                             f"(regime one of {', '.join(REGIMES)})")
+        try:
+            fraction = parse_fraction(parts[3][5:])
+        except ValueError as exc:
+            raise ValueError(f"cell {text!r}: {exc}") from exc
+        key = cls(parts[0], int(parts[1][:-2]), parts[2], fraction, int(parts[4][5:]))
+        if key.relpath() != PurePosixPath(text):  # e.g. frac-1.0 or frac-0.50: not the path this key writes
+            raise ValueError(f"cell {text!r} is not in canonical form; expected {key.relpath()}")
+        return key
 
     def with_init(self, init: str) -> RunKey:
         return RunKey(init=init, **asdict(self))

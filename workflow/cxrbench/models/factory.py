@@ -22,7 +22,14 @@ from cxrbench.models.registry import InitSpec, WeightsMissing, locate_weights, w
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["IncompleteWeights", "build_model", "check_loaded_keys", "data_config", "sha256_file"]
+__all__ = [
+    "IncompleteWeights",
+    "build_model",
+    "check_loaded_keys",
+    "data_config",
+    "select_head_rows",
+    "sha256_file",
+]
 
 
 def sha256_file(path: str | Path, *, chunk: int = 1 << 22) -> str:
@@ -65,8 +72,8 @@ def build_model(
         img_size: input side length; absolute position embeddings are resampled to it.
         hf_home: offline Hugging Face cache root (source ``hub``).
         pipeline_state: source ``pipeline`` only -- the pre-trained state dict (from its ``best.pt``).
-        keep_head: source ``pipeline`` only -- load the pre-trained classifier as well (``transfer: study``;
-            the label lists must then be identical, which the caller checks).
+        keep_head: source ``pipeline`` only -- load the pre-trained classifier as well (``transfer: study`` or
+            ``shared_head``; the caller cuts the head to the run's labels with :func:`select_head_rows`).
 
     Raises:
         WeightsMissing: hub/file weights are not on disk (message with the fetch command).
@@ -180,6 +187,23 @@ def _abbreviate(keys: list[str], limit: int = 30) -> str:
     """The keys, comma-separated; a long list is cut after ``limit`` with the count of the rest."""
     shown = ", ".join(keys[:limit])
     return shown if len(keys) <= limit else f"{shown}, ... and {len(keys) - limit} more"
+
+
+def select_head_rows(state: dict[str, torch.Tensor], *, model: str, rows: list[int]) -> dict[str, torch.Tensor]:
+    """``state`` with the classifier's outputs cut to ``rows`` (in that order); every other tensor unchanged.
+
+    ``transfer: shared_head`` keeps the pre-trained head's rows of the labels a target shares with the
+    pre-training dataset. A classifier whose tensors have no output dimension (none in timm) would be an error.
+    """
+    head = _classifier_keys(model)
+    index = torch.as_tensor(rows, dtype=torch.long)
+    out = dict(state)
+    for key, value in state.items():
+        if key.rsplit(".", 1)[0] in head:
+            if value.ndim == 0 or value.shape[0] <= max(rows, default=-1):
+                raise ValueError(f"classifier tensor {key!r} of shape {tuple(value.shape)} has no rows {rows}")
+            out[key] = value.index_select(0, index).clone()
+    return out
 
 
 def _classifier_keys(model: str) -> set[str]:

@@ -145,11 +145,13 @@ def _resolve_device(name: str) -> Any:
 def _select_labels(
     settings: dict[str, Any], own: list[str], *, target_labels: list[str] | None, init_labels: list[str] | None
 ) -> list[str]:
-    """The run's label list: all of the dataset's, or (study transfer) those shared with the other side."""
+    """The run's label list: all of the dataset's, or (``study``/``shared_head`` transfer) those it shares with
+    the other side (the target's labels for a per-target pre-training, the pre-trained head's for a fine-tune)."""
     from cxrbench.training.data import shared_labels
 
     if settings["label_scope"] == "all":
         return own
+    transfer = settings["init"].get("transfer") or "study"
     if settings["role"] == "pretrain":
         if target_labels is None:
             raise ConfigError("study-mode pre-training needs --target-labels (the target dataset's labels.parquet)")
@@ -157,9 +159,9 @@ def _select_labels(
         where = f"target {settings['target']!r}"
     else:
         if init_labels is None:
-            raise ConfigError("study transfer needs --init-checkpoint (the pre-training best.pt)")
+            raise ConfigError(f"{transfer} transfer needs --init-checkpoint (the pre-training best.pt)")
         labels = shared_labels(own, init_labels)
-        if labels != list(init_labels):
+        if transfer == "study" and labels != list(init_labels):
             raise ConfigError(
                 f"study transfer: the pre-trained head predicts {init_labels}, but {settings['dataset']!r} shares "
                 f"{labels} with it; pre-train for this target (for-{settings['dataset']})"
@@ -196,7 +198,7 @@ def train(
 
     import torch
 
-    from cxrbench.models.factory import build_model, data_config, weights_file
+    from cxrbench.models.factory import build_model, data_config, select_head_rows, weights_file
     from cxrbench.models.registry import InitSpec
     from cxrbench.training.data import (
         CxrDataset,
@@ -230,7 +232,13 @@ def train(
         pipeline_state, init_labels = ckpt["model"], list(ckpt["labels"])
     labels = _select_labels(settings, own_labels, target_labels=target_labels, init_labels=init_labels)
     labels_df = add_merged_columns(labels_df, labels, parents=parent_of())
-    keep_head = spec.source == "pipeline" and spec.transfer == "study"
+    keep_head = spec.source == "pipeline" and spec.transfer in ("study", "shared_head")
+    if keep_head and labels != init_labels:
+        # shared_head: the pre-trained head covers every label of the pre-training dataset; keep its rows of
+        # the labels this target shares, in the target's order (study transfer: the lists are identical).
+        pipeline_state = select_head_rows(
+            pipeline_state, model=spec.model, rows=[init_labels.index(name) for name in labels]
+        )
 
     manifest = read_manifest(manifest_path)
     png_root = Path(manifest_path).parent

@@ -87,7 +87,8 @@ def _img_size(spec: InitSpec, size: int) -> int:
 
 
 def pretrain_target(spec: InitSpec, dataset: str) -> str | None:
-    """The target a ``pipeline`` init pre-trains for: the dataset in ``study`` mode, None (all labels) otherwise."""
+    """The target a ``pipeline`` init pre-trains for: the dataset in ``study`` mode, None (all labels) otherwise
+    (``backbone`` and ``shared_head`` pre-train once on every label of the pre-training dataset)."""
     return dataset if spec.transfer == "study" else None
 
 
@@ -95,7 +96,7 @@ def pretrain_run_dir(layout: Layout, spec: InitSpec, target: str | None, size: i
     """``<results>/pretrain/<init>/<pretrain ds>/<size>px/{all-labels | for-<target>}``.
 
     ``study`` transfer pre-trains once per target on the labels it shares with the pre-training dataset;
-    ``backbone`` transfer pre-trains once on the full label set; either once per grid size.
+    ``backbone`` and ``shared_head`` transfer pre-train once on the full label set; either once per grid size.
     """
     return layout.pretrain_run_dir(spec.name, spec.pretrain_dataset, size, Layout.pretrain_scope(target))
 
@@ -121,7 +122,7 @@ def run_settings(config: dict[str, Any], key: RunKey) -> dict[str, Any]:
         "dataset": key.dataset,
         "init": spec.to_dict(),
         "img_size": _img_size(spec, key.size),
-        "label_scope": "overlap" if spec.transfer == "study" else "all",
+        "label_scope": "overlap" if spec.transfer in ("study", "shared_head") else "all",
         "regime": key.regime,
         "label_fraction": float(key.fraction),
         "replicate": key.seed,
