@@ -68,8 +68,8 @@ def test_replicates_sizes_and_regimes_in_the_settings(raw: dict) -> None:
     assert len(features_jobs(cfg)) == 11 * 2
     feat = features_settings(cfg, "mimic_sl", "vindr", 48)
     assert feat["role"] == "features" and feat["img_size"] == 48 and feat["label_scope"] == "overlap"
-    assert not {"seed", "replicate", "label_fraction"} & set(feat)
-    assert set(feat["training"]) == {"normalisation", "precision", "deterministic"}
+    assert not {"replicate", "label_fraction"} & set(feat) and feat["seed"] == replicate_seed(cfg["seed"], "vindr", 0)
+    assert set(feat["training"]) == {"batch_size", "deterministic", "normalisation", "precision"}
 
 
 def test_regime_overrides_reach_only_their_regime() -> None:

@@ -103,19 +103,24 @@ def aggregate_outputs() -> dict:
 
 
 def grid_outputs() -> dict:
-    """The grid's tables and figures (only when GRID)."""
+    """The grid's tables and figures (only when GRID; CSV tables and PNG figures in the Snakemake report)."""
     out = {}
     for name in EVAL_FILES.GRID_TABLES:
-        out[f"table_{name}"] = str(EVAL_FILES.grid_table_file(LAYOUT.tables_dir(), name))
+        path = EVAL_FILES.grid_table_file(LAYOUT.tables_dir(), name)
+        out[f"table_{name}"] = _reported(path, caption=name, category="Grid", subcategory="Tables",
+                                         labels={"table": name})
     for name in EVAL_FILES.GRID_FIGURES:
         for ext, path in EVAL_FILES.figure_files(LAYOUT.figures_dir(), name).items():
-            out[f"figure_{name}_{ext}"] = str(path)
+            out[f"figure_{name}_{ext}"] = (
+                _reported(path, caption=name, category="Grid", subcategory="Figures", labels={"figure": name})
+                if ext == "png" else str(path)
+            )
     return out
 
 
 def evaluate_targets() -> list:
     """Final evaluation outputs, picked up by all_targets() in common.smk."""
-    return [str(p) for p in aggregate_outputs().values()] + (list(grid_outputs().values()) if GRID else [])
+    return [str(p) for p in aggregate_outputs().values()] + ([str(p) for p in grid_outputs().values()] if GRID else [])
 
 
 rule evaluate:

@@ -2,10 +2,13 @@
 # initialisation adds supervised pre-training jobs (one per size and label scope) whose best checkpoint
 # initialises its runs; a label fraction below 1 adds one `fractions` job per dataset, the linear_probe regime one
 # `features` job per (init, dataset, size) (docs/training.md, "The experiment grid").
+import functools
+
 from cxrbench.models.registry import check_all as _weights_problems
 from cxrbench.models.registry import init_spec as _init_spec
 from cxrbench.models.registry import locate_weights as _locate_weights
 from cxrbench.models.registry import weights_problem as _weights_problem
+from cxrbench.preprocess.cache import cache_paths as _cache_paths
 from cxrbench.runkey import grid_runs as _grid_runs
 from cxrbench.training.settings import derive_seed as _derive_seed
 from cxrbench.training.settings import features_settings as _features_settings
@@ -19,25 +22,33 @@ RUNS = _grid_runs(config)
 RUN_FILES = ("best.pt", "history.csv", "predictions.parquet", "run.json")
 FEATURE_FILES = tuple(f"{split}{ext}" for split in ("train", "val", "test") for ext in (".npy", ".index.parquet"))
 _TR = config["training"]
-_SPECS = {init: _init_spec(config, init) for init in INITS}  # parsed once: input functions run once per job
+# Computed once: with the full grid there are thousands of jobs, and input functions run once per job.
+_SPECS = {init: _init_spec(config, init) for init in INITS}
+_RUN_DIRS = {key: str(LAYOUT.run_dir(key)) for key in RUNS}
 
 
 def run_predictions(key: RunKey) -> str:
     """predictions.parquet of the run ``key``."""
-    return str(LAYOUT.run_dir(key) / "predictions.parquet")
+    return f"{_RUN_DIRS[key]}/predictions.parquet"
 
 
 def train_targets() -> list:
     """Every output of every training run."""
-    return [str(LAYOUT.run_dir(key) / f) for key in RUNS for f in RUN_FILES]
+    return [f"{_RUN_DIRS[key]}/{f}" for key in RUNS for f in RUN_FILES]
 
 
-def _data_inputs(ds: str, size) -> dict:
+# One file, written last, stands for each folder a job reads that one job writes whole (the cache of a dataset
+# and size, a features folder): it orders the jobs and carries the folder's mtime. Declaring all six files of each
+# instead costs about 10% of the DAG time of the full grid (bench/dag_scale.py).
+FEATURES_MARKER = FEATURE_FILES[-1]
+
+
+@functools.cache
+def _data_inputs(ds: str, size: str) -> dict:
     """Labels, manifest and (when enabled) the packed cache of one dataset at one size."""
     out = {"labels": str(LAYOUT.labels(ds)), "manifest": str(LAYOUT.manifest(ds, variant(size)))}
     if config["preprocess"]["cache"]:
-        cache = LAYOUT.cache_dir(ds, variant(size))
-        out["cache"] = [str(cache / f"{s}{ext}") for s in ("train", "val", "test") for ext in (".npy", ".index.parquet")]
+        out["cache"] = str(_cache_paths(LAYOUT.cache_dir(ds, variant(size)), "test")[1])
     return out
 
 
@@ -60,7 +71,8 @@ def _weights_input(init: str) -> dict:
     return {"weights": str(_locate_weights(spec, hf_home=hf_home))}
 
 
-def _init_inputs(init: str, ds: str, size) -> dict:
+@functools.cache
+def _init_inputs(init: str, ds: str, size: str) -> dict:
     """What initialises a model of ``init`` for dataset ``ds``: the weight file or the pre-training checkpoint."""
     spec = _SPECS[init]
     out = _weights_input(init)
@@ -71,11 +83,11 @@ def _init_inputs(init: str, ds: str, size) -> dict:
 
 def _train_inputs(w) -> dict:
     key = RunKey.from_wildcards(w)
-    out = {**_data_inputs(key.dataset, key.size), **_init_inputs(key.init, key.dataset, key.size)}
+    out = {**_data_inputs(key.dataset, w.size), **_init_inputs(key.init, key.dataset, w.size)}
     if key.fraction < 1:
         out["fractions"] = str(LAYOUT.fractions(key.dataset))
     if key.regime == "linear_probe":
-        out["features"] = [str(LAYOUT.features_dir(key.init, key.dataset, key.size) / f) for f in FEATURE_FILES]
+        out["features"] = str(LAYOUT.features_dir(key.init, key.dataset, key.size) / FEATURES_MARKER)
     return out
 
 
@@ -85,8 +97,7 @@ def _features_inputs(w) -> dict:
 
 def _pretrain_inputs(w) -> dict:
     spec = _SPECS[w.init]
-    out = _data_inputs(spec.pretrain_dataset, w.size)
-    out.update(_weights_input(spec.pretrain_init))
+    out = {**_data_inputs(spec.pretrain_dataset, w.size), **_weights_input(spec.pretrain_init)}
     if w.scope != "all-labels":
         out["target_labels"] = str(LAYOUT.labels(w.scope.removeprefix("for-")))
     return out
@@ -96,7 +107,7 @@ def _options(input) -> str:
     """Optional command-line inputs of `cxrbench train` / `cxrbench features` (each only where it is an input)."""
     opts = []
     if "cache" in input.keys():
-        opts.append(f"--cache-dir {Path(input.cache[0]).parent}")
+        opts.append(f"--cache-dir {Path(input.cache).parent}")
     if "init_checkpoint" in input.keys():
         opts.append(f"--init-checkpoint {input.init_checkpoint}")
     if "target_labels" in input.keys():
@@ -104,7 +115,7 @@ def _options(input) -> str:
     if "fractions" in input.keys():
         opts.append(f"--fractions {input.fractions}")
     if "features" in input.keys():
-        opts.append(f"--features-dir {Path(input.features[0]).parent}")
+        opts.append(f"--features-dir {Path(input.features).parent}")
     return " ".join(opts)
 
 
@@ -128,7 +139,7 @@ rule train:
     params:
         settings=lambda w: settings(_run_settings(config, RunKey.from_wildcards(w))),
         options=lambda w, input: _options(input),
-        out=lambda w: LAYOUT.run_dir(RunKey.from_wildcards(w)),
+        out=lambda w: _RUN_DIRS[RunKey.from_wildcards(w)],
     conda:
         "../../envs/train.yaml"
     log:

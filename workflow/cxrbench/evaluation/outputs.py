@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxrbench.evaluation.tables import family_text
-
 _logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -165,6 +163,10 @@ def results_readme(settings: dict[str, Any], files: list[str], *, headline: Any)
 
     ``headline`` is the ``auroc_main`` ``tables.Table`` (display and note).
     """
+    # Imported here: the rules import this module for file names at parse time, and tables pulls in scipy and
+    # sklearn (about 1.5 s for every `snakemake` invocation, dry runs included).
+    from cxrbench.evaluation.tables import family_text
+
     ev = settings["evaluation"]
     table = headline.display.to_markdown(index=False, disable_numparse=True) if not headline.display.empty \
         else "_(no runs)_"

@@ -47,9 +47,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 # settings reruns that regime's runs only.
 REGIME_TRAINING_KEYS: dict[str, str | None] = {"regimes": None, "lora": "lora"}
 
-# The `training` keys that change frozen features (the backbone's forward pass), so a probe's lr or epochs never
-# recompute them.
-FEATURE_TRAINING_KEYS = ("normalisation", "precision", "deterministic")
+# The `training` keys `cxrbench features` uses (the backbone's forward pass and its batch), so a probe's lr or epochs
+# never recompute the features.
+FEATURE_TRAINING_KEYS = ("batch_size", "deterministic", "normalisation", "precision")
 
 
 def resolve_training(training: dict[str, Any], *, regime: str = DEFAULT_REGIME) -> dict[str, Any]:
@@ -186,10 +186,12 @@ def features_jobs(config: dict[str, Any]) -> list[FeaturesJob]:
 
 
 def features_settings(config: dict[str, Any], init: str, dataset: str, size: int) -> dict[str, Any]:
-    """The ``--settings`` object of ``cxrbench features``: the linear probe's run settings without what varies
-    between probes (replicate, seed, label fraction) and with only the ``training`` keys of the forward pass."""
+    """The ``--settings`` object of ``cxrbench features``: the settings of the dataset's replicate-0 linear probe on
+    all labels without the keys that vary between probes (``replicate``, ``label_fraction``), and with only the
+    ``training`` keys of the forward pass. ``seed`` stays: a random backbone is built from it (every probe of the
+    features reuses that backbone)."""
     probe = run_settings(config, RunKey(init, dataset, size, "linear_probe"))
-    for name in ("replicate", "seed", "label_fraction"):
+    for name in ("replicate", "label_fraction"):
         del probe[name]
     probe["role"] = "features"
     probe["training"] = {k: probe["training"][k] for k in FEATURE_TRAINING_KEYS if k in probe["training"]}
