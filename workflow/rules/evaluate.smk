@@ -47,19 +47,6 @@ def aggregate_settings() -> dict:
     }
 
 
-def grid_settings() -> dict:
-    """The aggregate settings plus the grid's axes in config order (the `grid` job compares along them)."""
-    return {
-        **aggregate_settings(),
-        "grid": {
-            "sizes": list(AXES.sizes),
-            "seeds": list(AXES.seeds),
-            "label_fractions": list(AXES.label_fractions),
-            "regimes": list(AXES.regimes),
-        },
-    }
-
-
 def _cell(w) -> CellKey:
     return CellKey(w.ds, int(w.size), w.regime, _parse_fraction(w.fraction), int(w.seed))
 
@@ -181,7 +168,7 @@ if GRID:
         output:
             **grid_outputs(),
         params:
-            settings=settings(grid_settings()),
+            settings=settings(aggregate_settings()),  # the cells come as --cell, in config order
             cells=" ".join("--cell " + shlex.quote(f"{cell.relpath()}={LAYOUT.stats_dir(cell)}") for cell in CELLS),
             tables=shlex.quote(str(LAYOUT.tables_dir())),
             figures=shlex.quote(str(LAYOUT.figures_dir())),
