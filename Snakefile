@@ -37,6 +37,6 @@ onsuccess:
     import sys
     from cxrbench.evaluation.summary import run_summary
 
-    print(run_summary(LAYOUT, datasets=DATASETS, inits=INITS, variant=VARIANT,
+    print(run_summary(LAYOUT, datasets=DATASETS, inits=INITS, variant=PRIMARY_VARIANT,
                       pretrain_datasets=aggregate_settings()["pretrain_datasets"],
                       n_resamples=config["evaluation"]["n_bootstrap"]), file=sys.stderr)

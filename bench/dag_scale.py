@@ -1,12 +1,15 @@
-"""DAG scale: `snakemake -n` and a no-op rerun on the study's ~800,000 images (6 datasets, 4 inits).
+"""DAG scale: `snakemake -n` and a no-op rerun on the study's ~800,000 images (6 datasets, 4 inits), on the
+full experiment grid of resources/presets/grid.yaml (2 sizes x 3 seeds x 3 label fractions x 3 regimes).
 
-    python bench/dag_scale.py [--scale 1.0] [--keep DIR]
+    python bench/dag_scale.py [--scale 1.0] [--keep DIR] [--no-grid]
 
 Builds a synthetic workspace in a temporary folder: the six datasets at the study's sizes, each a
 folder of empty source files (the DAG only stats them: shard jobs list their existing source images
 as inputs) plus its native label files, and four initialisations (three `none`, one `pipeline`
-MIMIC arm). The shard plans and membership files are written with the real `cxrbench.preprocess`
-functions, so the DAG is exactly the one a real run sees after planning. Then it times
+MIMIC arm). The shard plans and membership files (one per grid size) are written with the real
+`cxrbench.preprocess` functions, so the DAG is exactly the one a real run sees after planning. With the
+grid: 1,242 training runs, 46 feature sets, 6 fraction draws, 324 evaluation cells and the grid job;
+`--no-grid` benchmarks the study's single cell per dataset instead. Then it times
 
   1. `snakemake -n` with every shard pending (the largest dry run a user meets), reporting the job
      count, and
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import sys
 import time
 from pathlib import Path
@@ -56,10 +60,14 @@ SUFFIX = {
 FANOUT = 5000  # source files per folder
 
 
-def make_config(root: Path) -> dict:
-    """The synthetic study configuration (demo off, study datasets, four initialisations), relative to ``root``."""
+GRID_PRESET = REPO / "resources" / "presets" / "grid.yaml"
+
+
+def make_config(root: Path, *, grid: bool) -> dict:
+    """The synthetic study configuration (demo off, study datasets, four initialisations), relative to ``root``,
+    with the grid of resources/presets/grid.yaml when ``grid``."""
     del root  # every path is relative to the workspace folder
-    return {
+    config = {
         "results": "results",
         "demo": {"enabled": False},
         "datasets": {ds: {"adapter": ds, "root": f"data/{ds}", "label_set": f"study_{ds}"} for ds in STUDY_SIZES},
@@ -78,6 +86,13 @@ def make_config(root: Path) -> dict:
         },
         "training": {"device": "cpu"},
     }
+    if grid:
+        config["grid"] = yaml.safe_load(GRID_PRESET.read_text())["grid"]
+    return config
+
+
+def sizes(config: dict) -> list[int]:
+    return list((config.get("grid") or {}).get("sizes") or [config["preprocess"]["size"]])
 
 
 def write_sources(config: dict, scale: float) -> int:
@@ -106,19 +121,27 @@ def write_sources(config: dict, scale: float) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.touch()
         labels = pd.DataFrame({"image_id": [f"{ds}{k:07d}" for k in range(n)], "source_path": rel})
-        variant = Layout.variant(config["preprocess"]["mode"], config["preprocess"]["size"])
-        plan_path = layout.shard_plan(ds, variant)
-        plan_path.parent.mkdir(parents=True, exist_ok=True)
         plan = plan_shards(labels, shard_size=config["preprocess"]["shard_size"])
-        plan.to_parquet(plan_path, index=False)
-        write_memberships(plan, layout.shard_members(ds, variant, 0).parent)
+        for size in sizes(config):  # one preprocessing variant per grid size
+            variant = Layout.variant(config["preprocess"]["mode"], size)
+            plan_path = layout.shard_plan(ds, variant)
+            plan_path.parent.mkdir(parents=True, exist_ok=True)
+            plan.to_parquet(plan_path, index=False)
+            write_memberships(plan, layout.shard_members(ds, variant, 0).parent)
         total += n
     return total
 
 
-def snakemake(work: Path, *args: str) -> tuple[float, str]:
-    """Run the repository's Snakefile on the workspace ``work``; (wall seconds, combined output)."""
-    return run_snakemake(["--snakefile", str(REPO / "Snakefile"), "--directory", str(work)], args)
+def snakemake(work: Path, *args: str) -> tuple[float, float, str]:
+    """Run the repository's Snakefile on the workspace ``work``; (wall seconds, CPU seconds, combined output).
+
+    The CPU seconds (user + system of the Snakemake process) are what the wall time would be on an idle core: on
+    a shared machine the wall time also counts the waits for one.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, out = run_snakemake(["--snakefile", str(REPO / "Snakefile"), "--directory", str(work)], args)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), out
 
 
 def job_count(output: str) -> int:
@@ -143,22 +166,23 @@ def complete_outputs(work: Path, config: dict, dry_run_output: str) -> int:
         os.utime(path, (stamp, stamp))
     # Outputs of the stages before the shard plan, in DAG order, older than everything after it.
     layout = Layout(config["results"])
-    variant = Layout.variant(config["preprocess"]["mode"], config["preprocess"]["size"])
+    plans = {ds: [layout.shard_plan(ds, Layout.variant(config["preprocess"]["mode"], s)) for s in sizes(config)]
+             for ds in config["datasets"]}
     for ds in config["datasets"]:
         for age, paths in (
             (4, [layout.index(ds)]),
             (3, [layout.labels(ds), layout.labels_summary(ds, "csv"), layout.labels_summary(ds, "md")]),
-            (2, [layout.shard_plan(ds, variant)]),
+            (2, plans[ds]),
         ):
             for path in paths:
                 os.utime(work / path, (stamp - age, stamp - age))
     return len(outs)
 
 
-def workspace(root: Path, scale: float) -> tuple[Path, int]:
+def workspace(root: Path, scale: float, *, grid: bool) -> tuple[Path, int]:
     """A workspace folder (config.yaml, data/, results/) at ``scale``; paths in it are relative to it."""
     root.mkdir(parents=True, exist_ok=True)
-    config = make_config(root)
+    config = make_config(root, grid=grid)
     (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     cwd = Path.cwd()
     os.chdir(root)
@@ -173,31 +197,37 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the study's image counts")
     parser.add_argument("--limit", type=float, default=15.0, help="seconds allowed for each full-size timing")
     parser.add_argument("--keep", type=Path, help="build the workspace here and keep it")
+    parser.add_argument("--no-grid", dest="grid", action="store_false",
+                        help="the study's one cell per dataset instead of the grid preset's axes")
     args = parser.parse_args()
 
     with scratch_dir(args.keep, prefix="cxrbench-dagscale-") as tmp:
         t0 = time.perf_counter()
-        base, n_base = workspace(tmp / "baseline", args.scale * 0.01)
-        work, n_images = workspace(tmp / "full", args.scale)
+        base, n_base = workspace(tmp / "baseline", args.scale * 0.01, grid=args.grid)
+        work, n_images = workspace(tmp / "full", args.scale, grid=args.grid)
         print(f"workspace: {n_images:,} images (+ {n_base:,} baseline) written in {time.perf_counter() - t0:.1f} s")
 
-        base_dry, out = snakemake(base, "-n", "--cores", "1")
+        base_dry, base_cpu, out = snakemake(base, "-n", "--cores", "1")
         base_jobs = job_count(out)
-        full_dry, out = snakemake(work, "-n", "--cores", "1")
+        full_dry, full_cpu, out = snakemake(work, "-n", "--cores", "1")
         full_jobs = job_count(out)
         n_shards = len(re.findall(r"^(?:local)?rule preprocess_shard:$", out, re.MULTILINE))
         if n_shards == 0:
             raise SystemExit(f"the full dry run lists no shard job (the DAG is not the planned one):\n{out[-3000:]}")
-        n_out = complete_outputs(work, make_config(work), out)
-        noop, out = snakemake(work, "--cores", "1")
+        per_rule = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", out.split("Job stats:")[-1], re.MULTILINE))
+        n_out = complete_outputs(work, make_config(work, grid=args.grid), out)
+        noop, noop_cpu, out = snakemake(work, "--cores", "1")
         if "Nothing to be done" not in out:
             raise SystemExit(f"the no-op rerun was not a no-op:\n{out[-3000:]}")
-        print(f"dry run, 1% baseline ({n_base:,} images):  {base_dry:6.2f} s  {base_jobs} jobs")
+        print(f"dry run, 1% baseline ({n_base:,} images):  {base_dry:6.2f} s (cpu {base_cpu:6.2f} s)  {base_jobs} jobs")
         print(
-            f"dry run, full ({n_images:,} images):    {full_dry:6.2f} s  {full_jobs} jobs ({n_shards} shard jobs)"
-            f"  ratio {full_dry / base_dry:.2f}x for {n_images / n_base:.0f}x images"
+            f"dry run, full ({n_images:,} images):    {full_dry:6.2f} s (cpu {full_cpu:6.2f} s)  {full_jobs} jobs"
+            f" ({n_shards} shard jobs)  ratio {full_dry / base_dry:.2f}x for {n_images / n_base:.0f}x images"
         )
-        print(f"no-op rerun, full ({n_out} outputs):   {noop:6.2f} s  ratio {noop / base_dry:.2f}x baseline dry run")
+        print("jobs per rule: " + ", ".join(f"{rule} {n}" for rule, n in per_rule.items() if rule not in ("all", "total")))
+        print(f"no-op rerun, full ({n_out} outputs):   {noop:6.2f} s (cpu {noop_cpu:6.2f} s)"
+              f"  ratio {noop / base_dry:.2f}x baseline dry run")
+        print(f"load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         ok = full_dry <= args.limit and noop <= args.limit
         print(f"limit {args.limit:.0f} s: {'PASS' if ok else 'FAIL'}")
         return 0 if ok else 1

@@ -110,12 +110,13 @@ def test_missing_root_outside_the_demo_is_rejected_while_demo_is_on(demo_config:
 
 
 def test_pretrain_training_overrides_only_the_pretraining_recipe(demo_config: dict) -> None:
+    from cxrbench.runkey import RunKey
     from cxrbench.training.settings import pretrain_settings, run_settings
 
     demo_config["initialisations"]["mimic_sl"]["pretrain_training"] = {"epochs": 9, "lr": 0.002}
     cfg = validate_config(demo_config)
-    pre = pretrain_settings(cfg, "mimic_sl", "vindr")["training"]
-    fine = run_settings(cfg, "mimic_sl", "vindr")["training"]
+    pre = pretrain_settings(cfg, "mimic_sl", "vindr", 32)["training"]
+    fine = run_settings(cfg, RunKey("mimic_sl", "vindr", 32))["training"]
     assert (pre["epochs"], pre["lr"]) == (9, 0.002)
     assert (fine["epochs"], fine["lr"]) == (cfg["training"]["epochs"], cfg["training"]["lr"])
     assert {k: v for k, v in pre.items() if k not in ("epochs", "lr")} == {

@@ -204,10 +204,10 @@ from snakemake.utils import min_version
 configfile: "config.yaml"
 report: "{repo}/workflow/report/workflow.rst"
 include: "{repo}/workflow/rules/common.smk"
-from cxrbench.training.settings import train_runs
-TRAIN_RUNS = train_runs(config)  # what train.smk provides
-def run_predictions(init, ds):
-    return str(LAYOUT.run_dir(init, ds) / "predictions.parquet")
+from cxrbench.runkey import grid_runs
+RUNS = grid_runs(config)  # what train.smk provides
+def run_predictions(key):
+    return str(LAYOUT.runs_root() / key.init / key.dataset / "predictions.parquet")  # where _write_runs put them
 include: "{repo}/workflow/rules/evaluate.smk"
 rule all:
     input: evaluate_targets()

@@ -43,9 +43,14 @@ def _config(work: Path) -> dict:
 
 
 def _runs(config: dict) -> set[tuple[str, str]]:
-    from cxrbench.training.settings import train_runs
+    from cxrbench.runkey import grid_runs
 
-    return set(train_runs(config))
+    return {(key.init, key.dataset) for key in grid_runs(config)}
+
+
+def _cell(config: dict) -> dict[str, str]:
+    """The wildcards of the demo's one grid cell per dataset (size, regime, fraction, seed)."""
+    return {"size": str(config["preprocess"]["size"]), "regime": "finetune", "fraction": "1", "seed": "0"}
 
 
 def _dry(work: Path, *args: str) -> list[tuple[str, dict[str, str]]]:
@@ -93,8 +98,9 @@ def test_adding_an_initialisation_adds_only_its_runs_and_the_aggregates(demo: Pa
     jobs = _dry(demo, "--configfile", str(demo / "config.init.yaml"))
     config = _config(demo)
     datasets = sorted({ds for _, ds in _runs(config)})
-    expected = {_job("train", init="random_b", ds=ds) for ds in datasets}
-    expected |= {_job("evaluate", ds=ds) for ds in datasets} | {_job("aggregate")}
+    cell = _cell(config)
+    expected = {_job("train", init="random_b", ds=ds, **cell) for ds in datasets}
+    expected |= {_job("evaluate", ds=ds, **cell) for ds in datasets} | {_job("aggregate")}
     assert _keys(jobs) == expected
 
 
@@ -116,12 +122,13 @@ def test_touching_one_source_image_reruns_its_shard_and_what_depends_on_it(demo:
     os.utime(image)  # touch: content unchanged, newer mtime
     jobs = _dry(demo)
     inits = sorted(i for i, d in _runs(config) if d == DS)
+    cell = _cell(config)
     expected = {
-        _job("preprocess_shard", ds=DS, shard=str(row["shard"])),
-        _job("collect_shards", ds=DS),
-        _job("cache", ds=DS),
-        *(_job("train", init=i, ds=DS) for i in inits),
-        _job("evaluate", ds=DS),
+        _job("preprocess_shard", ds=DS, size=cell["size"], shard=str(row["shard"])),
+        _job("collect_shards", ds=DS, size=cell["size"]),
+        _job("cache", ds=DS, size=cell["size"]),
+        *(_job("train", init=i, ds=DS, **cell) for i in inits),
+        _job("evaluate", ds=DS, **cell),
         _job("aggregate"),
     }
     assert _keys(jobs) == expected

@@ -66,9 +66,9 @@ def test_demo_through_the_slurm_profile_equals_a_local_run(tmp_path: Path) -> No
 
     local = completed_demo(tmp_path / "local") / "results"
     remote = work / "results"
-    for rel in _same_files(local, remote, "tables/*.csv") + _same_files(local, remote, "stats/*/metrics.csv"):
+    for rel in _same_files(local, remote, "tables/*.csv") + _same_files(local, remote, "stats/**/metrics.csv"):
         assert (local / rel).read_text() == (remote / rel).read_text(), f"{rel} differs between local and SLURM"
-    for rel in _same_files(local, remote, "runs/*/*/predictions.parquet"):
+    for rel in _same_files(local, remote, "runs/**/predictions.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(local / rel), pd.read_parquet(remote / rel), check_exact=True)
 
     again = snakemake(work, *args, cwd=REPO)

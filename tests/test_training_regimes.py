@@ -23,7 +23,7 @@ from cxrbench.models.registry import InitSpec
 from cxrbench.training.cli import train
 from cxrbench.training.data import DataError, augment, read_fractions, select_label_fraction
 from cxrbench.training.features import FEATURES_META, backbone_sha256, extract
-from cxrbench.training.settings import regime_training
+from cxrbench.training.settings import resolve_training
 from process_state import _restore_process_state  # noqa: F401 - autouse fixture
 from test_training_pipeline import MODEL, RANDOM, SIZE, make_dataset, settings_for
 
@@ -43,12 +43,12 @@ def ds(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def regime_settings(regime: str, *, epochs: int = 3, fraction: float = 1.0, replicate: int = 0) -> dict:
-    """A run's settings as the grid builds them: the regime's training overrides merged by regime_training."""
+    """A run's settings as the grid builds them: the regime's training overrides merged by resolve_training."""
     s = settings_for(RANDOM, epochs=epochs)
     training = {**s["training"], "regimes": {"linear_probe": {"lr": 1e-2}, "lora": {"lr": 1e-3}}, "lora": LORA}
     return {
         **s,
-        "training": regime_training(training, regime),
+        "training": resolve_training(training, regime=regime),
         "regime": regime,
         "label_fraction": fraction,
         "replicate": replicate,
@@ -101,12 +101,12 @@ def _assert_like_finetune(out: Path, ds: dict, meta: dict) -> None:
 def test_regime_training_merges_overrides_and_leaves_finetune_as_before() -> None:
     base = settings_for(RANDOM)["training"]
     training = {**base, "regimes": {"linear_probe": {"lr": 0.1, "epochs": 50}, "lora": {"lr": 1e-3}}, "lora": LORA}
-    assert regime_training(training, "finetune") == base  # a config without regimes gives the same settings
-    probe = regime_training(training, "linear_probe")
+    assert resolve_training(training) == base  # a config without regimes gives the same settings
+    probe = resolve_training(training, regime="linear_probe")
     assert probe == {**base, "lr": 0.1, "epochs": 50, "hflip": 0.0, "rotation": 0.0}
-    assert regime_training(training, "lora") == {**base, "lr": 1e-3, "lora": LORA}
+    assert resolve_training(training, regime="lora") == {**base, "lr": 1e-3, "lora": LORA}
     with pytest.raises(ConfigError, match="unknown training regime 'probe'"):
-        regime_training(training, "probe")
+        resolve_training(training, regime="probe")
 
 
 def test_schema_defaults_of_the_regime_keys() -> None:

@@ -1,5 +1,5 @@
-"""train.smk: the run grid, the MIMIC pre-training chain in the DAG, parse-time weight checks, and the
-settings/preset functions the rules call."""
+"""train.smk: the runs, the MIMIC pre-training chain in the DAG, parse-time weight checks, and the
+settings/preset functions the rules call (the grid's axes: tests/test_grid_*.py)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ import yaml
 from cxrbench.config import REPO_ROOT, ConfigError, validate_config
 from cxrbench.models.registry import init_spec
 from cxrbench.paths import Layout
+from cxrbench.runkey import RunKey, grid_runs
 from cxrbench.training.settings import (
+    PretrainJob,
     derive_seed,
     pretrain_jobs,
     pretrain_run_dir,
     pretrain_settings,
     resolve_training,
     run_settings,
-    train_runs,
 )
 
 
@@ -37,28 +38,33 @@ def config() -> dict:
 
 
 def test_run_grid_skips_the_pipeline_init_on_its_own_data(config: dict) -> None:
-    runs = train_runs(config)
+    runs = [(k.init, k.dataset) for k in grid_runs(config)]
     assert ("mimic_sl", "mimic") not in runs and ("random", "mimic") in runs
     assert len(runs) == len(config["initialisations"]) * len(config["datasets"]) - 1
-    assert pretrain_jobs(config) == [("mimic_sl", None)]  # backbone transfer: one pre-training for all targets
+    # backbone transfer: one pre-training for all targets
+    assert pretrain_jobs(config) == [PretrainJob("mimic_sl", None, 64)]
     study = copy.deepcopy(config)
     study["initialisations"]["mimic_sl"]["transfer"] = "study"
-    assert pretrain_jobs(study) == [("mimic_sl", d) for d in config["datasets"] if d != "mimic"]
+    assert pretrain_jobs(study) == [PretrainJob("mimic_sl", d, 64) for d in config["datasets"] if d != "mimic"]
     spec = init_spec(study, "mimic_sl")
-    assert pretrain_run_dir(Layout("r"), spec, "vindr") == Path("r/pretrain/mimic_sl/mimic/for-vindr")
+    assert pretrain_run_dir(Layout("r"), spec, "vindr", 64) == Path("r/pretrain/mimic_sl/mimic/64px/for-vindr")
     with pytest.raises(ConfigError, match="not a separate arm"):
-        run_settings(config, "mimic_sl", "mimic")
+        run_settings(config, RunKey("mimic_sl", "mimic", 64))
 
 
 def test_settings_hold_what_changes_results_only(config: dict) -> None:
-    s = run_settings(config, "random", "vindr")
+    s = run_settings(config, RunKey("random", "vindr", 64))
     assert s["img_size"] == config["preprocess"]["size"] and s["label_scope"] == "all"
     assert (
-        s["seed"] == derive_seed(config["seed"], "train", "vindr") == run_settings(config, "mimic_sl", "vindr")["seed"]
+        s["seed"]
+        == derive_seed(config["seed"], "train", "vindr")
+        == run_settings(config, RunKey("mimic_sl", "vindr", 64))["seed"]
     )
-    assert not {"device", "num_workers", "gpus", "mem_mb", "runtime_minutes", "retries"} & set(s["training"])
+    assert not {"device", "num_workers", "gpus", "mem_mb", "runtime_minutes", "retries", "grad_checkpointing"} & set(
+        s["training"]
+    )
     assert s["training"]["normalisation"] == "none" and s["training"]["schedule"] == "none"  # the paper preset
-    p = pretrain_settings(config, "mimic_sl", None)
+    p = pretrain_settings(config, "mimic_sl", None, 64)
     assert p["role"] == "pretrain" and p["dataset"] == "mimic" and p["init"]["name"] == "random"
     modern = resolve_training({"preset": "modern", "lr": 1e-4})
     assert modern["normalisation"] == "model" and modern["schedule"] == "cosine" and modern["lr"] == 1e-4
@@ -76,7 +82,7 @@ def _workflow(tmp_path: Path, config: dict) -> Path:
     )
     layout = Layout(tmp_path / config["results"])
     variant = Layout.variant(config["preprocess"]["mode"], config["preprocess"]["size"])
-    for ds in config["datasets"]:
+    for ds in config["datasets"]:  # the stand-ins of one size only: grid tests write their own
         for path in [layout.labels(ds), layout.manifest(ds, variant)] + [
             layout.cache_dir(ds, variant) / f"{s}{e}"
             for s in ("train", "val", "test")
@@ -116,15 +122,16 @@ def test_dag_chains_pretraining_into_the_pipeline_runs(config: dict, tmp_path: P
     out = proc.stdout + proc.stderr
     counts = dict(re.findall(r"^(train|pretrain)\s+(\d+)\s*$", out, flags=re.MULTILINE))
     assert counts == {"train": "11", "pretrain": "1"}
-    pre = "res/pretrain/mimic_sl/mimic/all-labels"
+    pre = "res/pretrain/mimic_sl/mimic/64px/all-labels"
     assert f"--init-checkpoint {pre}/best.pt" in out
-    assert "--out res/runs/mimic_sl/vindr" in out and "res/runs/mimic_sl/mimic" not in out
+    assert "--out res/runs/mimic_sl/vindr/64px/finetune/frac-1/seed-0" in out and "res/runs/mimic_sl/mimic" not in out
     assert "--cache-dir res/vindr/cache/paper-64" in out and "--device cpu" in out
 
 
 def test_missing_weights_fail_at_parse_time_with_the_fetch_command(config: dict, tmp_path: Path) -> None:
     config["weights"] = {"hf_home": "wcache", "dir": "wdir"}
     config["initialisations"]["dinov2"] = {"model": "vit_base_patch14_dinov2.lvd142m", "source": "hub"}
+    config["preprocess"]["size"] = 112  # a multiple of both patch sides (14, 16): the grid refuses 64 for DINOv2
     proc = _snakemake(_workflow(tmp_path, config))
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0

@@ -150,7 +150,7 @@ def collect_files(results: Path, *, datasets: Iterable[str]) -> list[tuple[Path,
     """Allow-listed result files as (source path, path inside the archive), sorted by archive path.
 
     Only the publication layer of :class:`Layout` is read: tables, figures (PDF/SVG, never PNG),
-    ``stats/<ds>/``, the label summaries, the results README and each run's predictions, history and
+    ``stats/<ds>/**`` (every cell), the label summaries, the results README and each run's predictions, history and
     run.json (fine-tuning and pre-training). Images, caches, label tables and weights are never picked.
     """
     layout = Layout(results)
@@ -167,7 +167,7 @@ def collect_files(results: Path, *, datasets: Iterable[str]) -> list[tuple[Path,
         if path.suffix.lower() in FIGURE_SUFFIXES:
             add(path)
     for ds in datasets:
-        for path in sorted(layout.stats_dir(ds).glob("*")):
+        for path in sorted((layout.stats_root() / ds).glob("**/*")):  # every cell of the dataset
             if path.suffix.lower() in STATS_SUFFIXES:
                 add(path)
         for ext in ("csv", "md"):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,13 +30,15 @@ __all__ = [
     "is_demo_dataset",
     "load_config",
     "load_schema",
+    "patch_size",
     "validate_config",
 ]
 
 
 # `training` keys that say where and how a job runs, not what it computes: they never enter a stage's settings,
 # so changing them reruns nothing.
-RUNTIME_TRAINING_KEYS = ("device", "num_workers", "gpus", "mem_mb", "runtime_minutes", "retries")
+# Gradient checkpointing recomputes activations in the backward pass: memory, not numbers.
+RUNTIME_TRAINING_KEYS = ("device", "num_workers", "gpus", "mem_mb", "runtime_minutes", "retries", "grad_checkpointing")
 
 
 class ConfigError(ValueError):
@@ -133,6 +137,55 @@ def _check_references(config: dict[str, Any]) -> None:
             raise ConfigError(f"config key 'datasets.{name}.root': folder {str(root)!r} does not exist")
         if ds["adapter"] == "generic_csv" and "columns" not in ds:
             raise ConfigError(f"config key 'datasets.{name}.columns' is required for adapter 'generic_csv'")
+    _check_grid(config)
+
+
+_PATCH = re.compile(r"patch(\d+)")
+
+
+def patch_size(model: str) -> int | None:
+    """The patch side of a timm ViT from its name (``vit_base_patch14_dinov2`` -> 14); None when the name has none
+    (CNNs take any size; other models are not checked)."""
+    m = _PATCH.search(model.split(".")[0])
+    return int(m.group(1)) if m else None
+
+
+def _nearest_multiples(size: int, step: int) -> str:
+    below = size // step * step
+    return f"{below}, {below + step}" if below else f"{step}"
+
+
+def _check_grid(config: dict[str, Any]) -> None:
+    """The ``grid`` axes: no value twice; every model size tiles into its initialisation's patches.
+
+    A size that is not a multiple of the patch side is refused, not rounded or padded: a rounded size would not be
+    the size the grid compares, and padding would add blank patches to one initialisation only.
+    """
+    grid = config.get("grid") or {}
+    for axis in ("sizes", "seeds", "label_fractions", "regimes"):
+        values = [float(v) if axis == "label_fractions" else v for v in grid.get(axis) or []]
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise ConfigError(f"config key 'grid.{axis}': {', '.join(twice)} given more than once")
+    sizes = list(grid.get("sizes") or [config["preprocess"]["size"]])
+    inits = config["initialisations"]
+    patches = {p for init in inits.values() if (p := patch_size(init["model"])) is not None}
+    for name, init in inits.items():
+        own = init.get("img_size")
+        if own is not None and len(sizes) > 1:
+            raise ConfigError(
+                f"config key 'initialisations.{name}.img_size': a fixed model size ({own}) contradicts the "
+                f"grid's {len(sizes)} sizes {sizes}; remove it so that the model is built at each grid size"
+            )
+        patch = patch_size(init["model"])
+        for size in [own] if own is not None else sizes:
+            if patch is not None and size % patch:
+                key = f"initialisations.{name}.img_size" if own is not None else "grid.sizes"
+                raise ConfigError(
+                    f"config key '{key}': {size} px is not a multiple of the {patch}-px patch of initialisation "
+                    f"{name!r} ({init['model']}); nearest valid sizes: {_nearest_multiples(size, patch)}; for "
+                    f"every configured initialisation: {_nearest_multiples(size, math.lcm(*patches))}"
+                )
 
 
 def is_demo_dataset(config: dict[str, Any], name: str) -> bool:

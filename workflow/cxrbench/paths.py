@@ -11,21 +11,32 @@ Data flows one way through these paths::
     <results>/<ds>/png/<variant>/shard-<k>.manifest.parquet
     <results>/<ds>/png/<variant>/manifest.parquet    all shards, plus rejected.parquet
     <results>/<ds>/cache/<variant>/<split>.npy       packed uint8 training arrays (+ .index.parquet)
-    <results>/runs/<init>/<ds>/...                   fine-tuning run (checkpoint, history, predictions, run.json)
-    <results>/pretrain/<init>/<ds>/<scope>/...       supervised pre-training for a `pipeline` initialisation
+    <results>/<ds>/fractions.parquet                 nested label-fraction subsets of train (+ fractions.counts.csv)
+    <results>/features/<init>/<ds>/<size>px/...      frozen backbone features (linear_probe regime)
+    <results>/runs/<run>/...                         training run (checkpoint, history, predictions, run.json)
+    <results>/pretrain/<init>/<ds>/<size>px/<scope>/...  supervised pre-training for a `pipeline` initialisation
                                                      (<scope> = all-labels | for-<target>)
-    <results>/stats/<ds>/...                         bootstrap indices, metrics, paired tests
-    <results>/tables/, <results>/figures/            publication outputs
+    <results>/stats/<cell>/...                       bootstrap indices, metrics, paired tests
+    <results>/tables/, <results>/figures/            publication outputs (the grid's: tables/grid*.csv, figures/grid_*)
     <results>/archive/                               publication archive
 
-``<variant>`` is ``<mode>-<size>`` (e.g. ``paper-224``) so several resolutions coexist.
+``<variant>`` is ``<mode>-<size>`` (e.g. ``paper-224``): one preprocessing variant per grid size.
+``<run>`` is ``<init>/<cell>`` and ``<cell>`` is ``<ds>/<size>px/<regime>/frac-<fraction>/seed-<seed>``
+(:meth:`cxrbench.runkey.RunKey.relpath`, :meth:`cxrbench.runkey.CellKey.relpath`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["Layout"]
+from cxrbench.runkey import CellKey, RunKey
+
+__all__ = ["CELL_PATTERN", "RUN_PATTERN", "Layout"]
+
+# Run and cell folders with Snakemake wildcards in place of the values: the rules' output patterns. They spell
+# RunKey.relpath() / CellKey.relpath() of the key whose wildcards() fill them (tests/test_grid_config.py pins it).
+CELL_PATTERN = "{ds}/{size}px/{regime}/frac-{fraction}/seed-{seed}"
+RUN_PATTERN = "{init}/" + CELL_PATTERN
 
 
 class Layout:
@@ -48,7 +59,7 @@ class Layout:
         return self.dataset_dir(ds) / f"labels.summary.{ext}"
 
     @staticmethod
-    def variant(mode: str, size: int) -> str:
+    def variant(mode: str, size: int | str) -> str:
         return f"{mode}-{size}"
 
     def png_dir(self, ds: str, variant: str) -> Path:
@@ -76,21 +87,43 @@ class Layout:
     def cache_dir(self, ds: str, variant: str) -> Path:
         return self.dataset_dir(ds) / "cache" / variant
 
+    def fractions(self, ds: str) -> Path:
+        """Nested label-fraction subsets of the dataset's train split."""
+        return self.dataset_dir(ds) / "fractions.parquet"
+
+    def fraction_counts(self, ds: str) -> Path:
+        """Positives per label and label fraction of the subsets in :meth:`fractions`."""
+        return self.dataset_dir(ds) / "fractions.counts.csv"
+
     # --- training ---------------------------------------------------------------------------------
-    def run_dir(self, init: str, ds: str) -> Path:
-        return self.root / "runs" / init / ds
+    def features_dir(self, init: str, ds: str, size: int | str) -> Path:
+        """Frozen backbone features of ``init`` on every split of ``ds`` at ``size`` px (linear probes)."""
+        return self.root / "features" / init / ds / f"{size}px"
 
-    def pretrain_dir(self, init: str, ds: str) -> Path:
-        return self.root / "pretrain" / init / ds
+    def runs_root(self) -> Path:
+        return self.root / "runs"
 
-    def pretrain_run_dir(self, init: str, ds: str, target: str | None) -> Path:
-        """Supervised pre-training for ``init`` on ``ds``: once on all labels (``backbone`` transfer) or once
-        per target dataset on the labels it shares with ``ds`` (``study`` transfer)."""
-        return self.pretrain_dir(init, ds) / ("all-labels" if target is None else f"for-{target}")
+    def run_dir(self, key: RunKey) -> Path:
+        """``<results>/runs/<init>/<ds>/<size>px/<regime>/frac-<fraction>/seed-<seed>``."""
+        return self.runs_root() / key.relpath()
+
+    @staticmethod
+    def pretrain_scope(target: str | None) -> str:
+        """Folder name of a pre-training's label scope: all labels (``backbone`` transfer) or one target's."""
+        return "all-labels" if target is None else f"for-{target}"
+
+    def pretrain_run_dir(self, init: str, ds: str, size: int | str, scope: str) -> Path:
+        """Supervised pre-training for ``init`` on ``ds`` at ``size`` px in label scope ``scope``
+        (:meth:`pretrain_scope`): once on all labels, or once per target on the labels it shares with ``ds``."""
+        return self.root / "pretrain" / init / ds / f"{size}px" / scope
 
     # --- evaluation and publication -------------------------------------------------------------
-    def stats_dir(self, ds: str) -> Path:
-        return self.root / "stats" / ds
+    def stats_root(self) -> Path:
+        return self.root / "stats"
+
+    def stats_dir(self, cell: CellKey) -> Path:
+        """``<results>/stats/<ds>/<size>px/<regime>/frac-<fraction>/seed-<seed>``: one comparison cell."""
+        return self.stats_root() / cell.relpath()
 
     def tables_dir(self) -> Path:
         return self.root / "tables"

@@ -1,5 +1,6 @@
 # Shared by every rule file: config validation, the results layout and the config grid.
 import json
+import re
 import shlex
 import shutil
 import sys
@@ -8,7 +9,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))  # the package, even when not pip-installed
 
 from cxrbench.config import ConfigError, validate_config
-from cxrbench.paths import Layout
+from cxrbench.paths import CELL_PATTERN, RUN_PATTERN, Layout
+from cxrbench.runkey import CellKey, RunKey, format_fraction, grid_axes
 
 try:
     validate_config(config)
@@ -18,7 +20,16 @@ except ConfigError as exc:
 LAYOUT = Layout(config["results"])
 DATASETS = list(config["datasets"])
 INITS = list(config["initialisations"])
-VARIANT = Layout.variant(config["preprocess"]["mode"], config["preprocess"]["size"])
+# The experiment grid (docs/training.md, "The experiment grid"); every axis has one value without `grid`.
+AXES = grid_axes(config)
+# The preprocessing variant of a size (`<mode>-<size>`); VARIANT_PATTERN holds the {size} wildcard.
+VARIANT_PATTERN = Layout.variant(config["preprocess"]["mode"], "{size}")
+PRIMARY_VARIANT = Layout.variant(config["preprocess"]["mode"], AXES.sizes[0])
+
+
+def variant(size) -> str:
+    return Layout.variant(config["preprocess"]["mode"], size)
+
 # Rules run the package from this checkout; PYTHONPATH is set inline because Snakemake strips it from
 # the environment of conda jobs, and this also works without `pip install`. Without conda the jobs use
 # the interpreter running Snakemake (a venv need not be activated); with --sdm conda, the env's python.
@@ -52,8 +63,11 @@ onstart:
 wildcard_constraints:
     ds="|".join(DATASETS),
     init="|".join(INITS),
-    variant=r"[a-z]+-\d+",
     shard=r"\d+",
+    size="|".join(str(s) for s in AXES.sizes),
+    regime="|".join(AXES.regimes),
+    fraction="|".join(re.escape(format_fraction(f)) for f in AXES.label_fractions),
+    seed="|".join(str(s) for s in AXES.seeds),
 
 
 def settings(value) -> str:

@@ -1,10 +1,31 @@
-# Statistics and publication outputs (docs/outputs.md): one `evaluate` job per dataset (metrics, the
-# shared paired bootstrap, pairwise tests), then one `aggregate` job (Benjamini-Hochberg over all
-# datasets, tables, figures, results README). File names come from cxrbench.evaluation.outputs.
-# Uses TRAIN_RUNS (the fine-tuned (init, ds) pairs) and run_predictions(init, ds) from train.smk.
+# Statistics and publication outputs (docs/outputs.md): one `evaluate` job per comparison cell (dataset, size,
+# regime, label fraction, seed: metrics, the dataset's paired bootstrap, pairwise tests), then one `aggregate` job
+# over each dataset's primary cell (Benjamini-Hochberg over all datasets, tables, figures, results README) and,
+# when the grid has more than one cell per dataset, one `grid` job over every cell. File names come from
+# cxrbench.evaluation.outputs. Uses RUNS (RunKeys) and run_predictions(key) from train.smk.
 from cxrbench.evaluation import outputs as EVAL_FILES
+from cxrbench.runkey import parse_fraction as _parse_fraction
 
-EVAL_DATASETS = [ds for ds in DATASETS if any(d == ds for _, d in TRAIN_RUNS)]
+# Initialisations with a run on each dataset, in config order: the same in every cell of the dataset.
+CELL_INITS = {}
+for _key in RUNS:
+    if _key.init not in CELL_INITS.setdefault(_key.dataset, []):
+        CELL_INITS[_key.dataset].append(_key.init)
+EVAL_DATASETS = [ds for ds in DATASETS if ds in CELL_INITS]
+# Every cell, in config order of the datasets and of each axis.
+CELLS = [
+    CellKey(ds, size, regime, fraction, seed)
+    for ds in EVAL_DATASETS
+    for size in AXES.sizes
+    for regime in AXES.regimes
+    for fraction in AXES.label_fractions
+    for seed in AXES.seeds
+]
+# Today's tables and figures come from one cell per dataset, the first value of every axis: without a `grid`
+# section that is the dataset's only cell, so the tables are those of a workflow without the grid.
+PRIMARY_CELLS = [CellKey(ds, AXES.sizes[0], AXES.regimes[0], AXES.label_fractions[0], AXES.seeds[0])
+                 for ds in EVAL_DATASETS]
+GRID = len(CELLS) > len(EVAL_DATASETS)  # the `grid` job runs only when some dataset has more than one cell
 PIPELINE_INITS = [i for i in INITS if config["initialisations"][i]["source"] == "pipeline"]
 
 
@@ -26,13 +47,17 @@ def aggregate_settings() -> dict:
     }
 
 
-def evaluated_inits(ds: str) -> list:
-    """Initialisations with a run on dataset ``ds``, in config order."""
-    return [init for init, d in TRAIN_RUNS if d == ds]
+def _cell(w) -> CellKey:
+    return CellKey(w.ds, int(w.size), w.regime, _parse_fraction(w.fraction), int(w.seed))
 
 
-def _stats(ds: str) -> dict:
-    files = EVAL_FILES.stats_files(LAYOUT.stats_dir(ds))
+def _cell_predictions(cell: CellKey) -> dict:
+    """init -> predictions.parquet of each run in ``cell``."""
+    return {init: run_predictions(cell.with_init(init)) for init in CELL_INITS[cell.dataset]}
+
+
+def _stats(stats_dir) -> dict:
+    files = EVAL_FILES.stats_files(stats_dir)
     return {name: str(getattr(files, name)) for name in files.__dataclass_fields__}
 
 
@@ -64,26 +89,44 @@ def aggregate_outputs() -> dict:
     return out
 
 
+def grid_outputs() -> dict:
+    """The grid's tables and figures (only when GRID; CSV tables and PNG figures in the Snakemake report)."""
+    out = {}
+    for name in EVAL_FILES.GRID_TABLES:
+        path = EVAL_FILES.grid_table_file(LAYOUT.tables_dir(), name)
+        out[f"table_{name}"] = _reported(path, caption=name, category="Grid", subcategory="Tables",
+                                         labels={"table": name})
+    for name in EVAL_FILES.GRID_FIGURES:
+        for ext, path in EVAL_FILES.figure_files(LAYOUT.figures_dir(), name).items():
+            out[f"figure_{name}_{ext}"] = (
+                _reported(path, caption=name, category="Grid", subcategory="Figures", labels={"figure": name})
+                if ext == "png" else str(path)
+            )
+    return out
+
+
 def evaluate_targets() -> list:
     """Final evaluation outputs, picked up by all_targets() in common.smk."""
-    return [str(p) for p in aggregate_outputs().values()]
+    return [str(p) for p in aggregate_outputs().values()] + ([str(p) for p in grid_outputs().values()] if GRID else [])
 
 
 rule evaluate:
     input:
-        lambda w: [run_predictions(init, w.ds) for init in evaluated_inits(w.ds)],
+        lambda w: list(_cell_predictions(_cell(w)).values()),
     output:
-        **_stats("{ds}"),
+        **_stats(LAYOUT.stats_root() / CELL_PATTERN),
     params:
         settings=settings(evaluation_settings()),
+        # The bootstrap seed comes from the master seed and the dataset only: every cell of a dataset resamples
+        # the same test images with the same indices.
         predictions=lambda w: " ".join(
-            "--predictions " + shlex.quote(f"{init}={run_predictions(init, w.ds)}") for init in evaluated_inits(w.ds)
+            "--predictions " + shlex.quote(f"{init}={path}") for init, path in _cell_predictions(_cell(w)).items()
         ),
-        out_dir=lambda w: shlex.quote(str(LAYOUT.stats_dir(w.ds))),
+        out_dir=lambda w: shlex.quote(str(LAYOUT.stats_dir(_cell(w)))),
     conda:
         "../../envs/evaluate.yaml"
     log:
-        LAYOUT.logs() / "evaluate" / "{ds}.log",
+        LAYOUT.logs() / "evaluate" / f"{CELL_PATTERN}.log",
     threads: 2
     resources:
         mem_mb=8000,
@@ -95,12 +138,14 @@ rule evaluate:
 
 rule aggregate:
     input:
-        [f for ds in EVAL_DATASETS for f in _stats(ds).values()],
+        [f for cell in PRIMARY_CELLS for f in _stats(LAYOUT.stats_dir(cell)).values()],
     output:
         **aggregate_outputs(),
     params:
         settings=settings(aggregate_settings()),
-        stats=" ".join("--stats " + shlex.quote(f"{ds}={LAYOUT.stats_dir(ds)}") for ds in EVAL_DATASETS),
+        stats=" ".join(
+            "--stats " + shlex.quote(f"{cell.dataset}={LAYOUT.stats_dir(cell)}") for cell in PRIMARY_CELLS
+        ),
         tables=shlex.quote(str(LAYOUT.tables_dir())),
         figures=shlex.quote(str(LAYOUT.figures_dir())),
     conda:
@@ -113,3 +158,27 @@ rule aggregate:
     shell:
         "{CXRBENCH} aggregate --settings {params.settings} {params.stats} --tables-dir {params.tables} "
         "--figures-dir {params.figures} --readme {output.readme} > {log} 2>&1"
+
+
+if GRID:
+
+    rule grid:
+        input:
+            [f for cell in CELLS for f in _stats(LAYOUT.stats_dir(cell)).values()],
+        output:
+            **grid_outputs(),
+        params:
+            settings=settings(aggregate_settings()),  # the cells come as --cell, in config order
+            cells=" ".join("--cell " + shlex.quote(f"{cell.relpath()}={LAYOUT.stats_dir(cell)}") for cell in CELLS),
+            tables=shlex.quote(str(LAYOUT.tables_dir())),
+            figures=shlex.quote(str(LAYOUT.figures_dir())),
+        conda:
+            "../../envs/evaluate.yaml"
+        log:
+            LAYOUT.logs() / "grid.log",
+        resources:
+            mem_mb=8000,
+            runtime=60,
+        shell:
+            "{CXRBENCH} grid --settings {params.settings} {params.cells} --tables-dir {params.tables} "
+            "--figures-dir {params.figures} > {log} 2>&1"

@@ -1,8 +1,11 @@
-# Preprocessing: labels.parquet -> shard plan (checkpoint) -> one job per shard of PNGs -> manifest -> cache.
+# Preprocessing: labels.parquet -> shard plan (checkpoint) -> one job per shard of PNGs -> manifest -> cache,
+# once per grid size (the {size} wildcard; the variant folder is `<mode>-<size>`).
 # See docs/preprocessing.md. A shard job's only input is its membership file; its source images enter as
 # `params.fingerprint` (a hash of their paths, sizes and mtimes), so touching or changing one source image
 # reruns one shard through the params rerun trigger, and a plan rerun that keeps a shard's members reruns
 # nothing. Declaring every image as an input instead cost ~180 us per image at DAG time (2.5 min at 800k).
+import hashlib
+
 import pandas as pd
 
 from cxrbench.preprocess.cache import SPLITS as CACHE_SPLITS, cache_paths
@@ -21,11 +24,11 @@ def preprocess_equalize(ds: str) -> bool:
     return True
 
 
-def shard_settings(ds: str) -> dict:
+def shard_settings(ds: str, size: int) -> dict:
     pp = config["preprocess"]
     return {
         "mode": pp["mode"],
-        "size": pp["size"],
+        "size": size,
         "equalize": preprocess_equalize(ds),
         "reduced_resolution_decode": pp["reduced_resolution_decode"],
     }
@@ -33,30 +36,40 @@ def shard_settings(ds: str) -> dict:
 
 def shard_members(wildcards) -> str:
     """The shard's membership file (written by the plan checkpoint, hence the checkpoint dependency)."""
-    checkpoints.shard_plan.get(ds=wildcards.ds)
-    return str(LAYOUT.shard_members(wildcards.ds, VARIANT, wildcards.shard))
+    checkpoints.shard_plan.get(ds=wildcards.ds, size=wildcards.size)
+    return str(LAYOUT.shard_members(wildcards.ds, variant(wildcards.size), wildcards.shard))
+
+
+# Fingerprints by the membership file's content: every grid size plans the same shards from the same labels, so
+# the sizes of a dataset share them and each source image is stat'ed once per invocation, not once per size.
+_SHARD_FINGERPRINTS: dict[tuple[str, bytes], str] = {}
 
 
 def shard_fingerprint(wildcards) -> str:
     """Hash of (source_path, size, mtime) of the shard's members: one stat per image, once per invocation."""
-    members = LAYOUT.shard_members(wildcards.ds, VARIANT, wildcards.shard)
-    return source_fingerprint(members, root=config["datasets"][wildcards.ds]["root"])
+    members = LAYOUT.shard_members(wildcards.ds, variant(wildcards.size), wildcards.shard)
+    root = config["datasets"][wildcards.ds]["root"]
+    key = (root, hashlib.sha256(members.read_bytes()).digest())
+    if key not in _SHARD_FINGERPRINTS:
+        _SHARD_FINGERPRINTS[key] = source_fingerprint(members, root=root)
+    return _SHARD_FINGERPRINTS[key]
 
 
 def shard_manifests(wildcards) -> list:
-    plan = checkpoints.shard_plan.get(ds=wildcards.ds).output.plan
+    plan = checkpoints.shard_plan.get(ds=wildcards.ds, size=wildcards.size).output.plan
     shards = sorted(set(pd.read_parquet(plan, columns=["shard"])["shard"].tolist()))
-    return [str(LAYOUT.shard_manifest(wildcards.ds, VARIANT, k)) for k in shards]
+    return [str(LAYOUT.shard_manifest(wildcards.ds, variant(wildcards.size), k)) for k in shards]
 
 
 def preprocess_targets() -> list:
-    """Final preprocessing files of every configured dataset (manifest, rejected, cache when enabled)."""
+    """Final preprocessing files of every configured dataset at every grid size (manifest, rejected, cache)."""
     targets = []
     for ds in DATASETS:
-        targets += [LAYOUT.manifest(ds, VARIANT), LAYOUT.rejected(ds, VARIANT)]
-        if config["preprocess"]["cache"]:
-            for split in CACHE_SPLITS:
-                targets += list(cache_paths(LAYOUT.cache_dir(ds, VARIANT), split))
+        for v in map(variant, AXES.sizes):
+            targets += [LAYOUT.manifest(ds, v), LAYOUT.rejected(ds, v)]
+            if config["preprocess"]["cache"]:
+                for split in CACHE_SPLITS:
+                    targets += list(cache_paths(LAYOUT.cache_dir(ds, v), split))
     return targets
 
 
@@ -65,14 +78,14 @@ checkpoint shard_plan:
     input:
         LAYOUT.labels("{ds}"),
     output:
-        plan=LAYOUT.shard_plan("{ds}", VARIANT),
+        plan=LAYOUT.shard_plan("{ds}", VARIANT_PATTERN),
     params:
         settings=settings({"shard_size": config["preprocess"]["shard_size"]}),
-        members=lambda w: LAYOUT.shard_members(w.ds, VARIANT, 0).parent,
+        members=lambda w: LAYOUT.shard_members(w.ds, variant(w.size), 0).parent,
     conda:
         "../../envs/preprocess.yaml"
     log:
-        LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT}-plan.log",
+        LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT_PATTERN}-plan.log",
     resources:
         mem_mb=2000,
     shell:
@@ -84,10 +97,10 @@ rule preprocess_shard:
     input:
         members=shard_members,
     output:
-        pngs=directory(LAYOUT.shard_dir("{ds}", VARIANT, "{shard}")),
-        manifest=LAYOUT.shard_manifest("{ds}", VARIANT, "{shard}"),
+        pngs=directory(LAYOUT.shard_dir("{ds}", VARIANT_PATTERN, "{shard}")),
+        manifest=LAYOUT.shard_manifest("{ds}", VARIANT_PATTERN, "{shard}"),
     params:
-        settings=lambda w: settings(shard_settings(w.ds)),
+        settings=lambda w: settings(shard_settings(w.ds, int(w.size))),
         root=lambda w: config["datasets"][w.ds]["root"],
         # Not used by the command: a changed value reruns the shard (Snakemake's params rerun trigger).
         fingerprint=shard_fingerprint,
@@ -97,7 +110,7 @@ rule preprocess_shard:
     conda:
         "../../envs/preprocess.yaml"
     log:
-        LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT}-shard-{{shard}}.log",
+        LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT_PATTERN}-shard-{{shard}}.log",
     shell:
         "{CXRBENCH} preprocess --settings {params.settings} --members {input.members} --root {params.root:q}"
         " --out-dir {output.pngs} --manifest {output.manifest} --threads {threads} > {log} 2>&1"
@@ -107,14 +120,14 @@ rule collect_shards:
     input:
         shard_manifests,
     output:
-        manifest=LAYOUT.manifest("{ds}", VARIANT),
-        rejected=LAYOUT.rejected("{ds}", VARIANT),
+        manifest=LAYOUT.manifest("{ds}", VARIANT_PATTERN),
+        rejected=LAYOUT.rejected("{ds}", VARIANT_PATTERN),
     params:
         settings=settings({"max_rejected_fraction": config["preprocess"]["max_rejected_fraction"]}),
     conda:
         "../../envs/preprocess.yaml"
     log:
-        LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT}-collect.log",
+        LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT_PATTERN}-collect.log",
     resources:
         mem_mb=4000,
     shell:
@@ -124,17 +137,17 @@ rule collect_shards:
 
 rule cache:
     input:
-        manifest=LAYOUT.manifest("{ds}", VARIANT),
+        manifest=LAYOUT.manifest("{ds}", VARIANT_PATTERN),
         labels=LAYOUT.labels("{ds}"),
     output:
-        [p for split in CACHE_SPLITS for p in cache_paths(LAYOUT.cache_dir("{ds}", VARIANT), split)],
+        [p for split in CACHE_SPLITS for p in cache_paths(LAYOUT.cache_dir("{ds}", VARIANT_PATTERN), split)],
     params:
-        settings=settings({"size": config["preprocess"]["size"]}),
-        out_dir=lambda w: LAYOUT.cache_dir(w.ds, VARIANT),
+        settings=lambda w: settings({"size": int(w.size)}),
+        out_dir=lambda w: LAYOUT.cache_dir(w.ds, variant(w.size)),
     conda:
         "../../envs/preprocess.yaml"
     log:
-        LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT}-cache.log",
+        LAYOUT.logs() / "preprocess" / f"{{ds}}-{VARIANT_PATTERN}-cache.log",
     resources:
         mem_mb=2000,
     shell:

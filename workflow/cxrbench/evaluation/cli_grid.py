@@ -21,19 +21,18 @@ from cxrbench.config import ConfigError, parse_settings
 from cxrbench.evaluation.figures import save_figure
 from cxrbench.evaluation.grid import CellStats, GridError, cell_stats, contrasts_from_settings, grid_deltas, grid_table
 from cxrbench.evaluation.grid_figures import GRID_FIGURES, grid_figures
-from cxrbench.evaluation.outputs import figure_files, stats_files
+from cxrbench.evaluation.outputs import GRID_TABLES, figure_files, grid_table_file, stats_files
 from cxrbench.runkey import CellKey
 
 _logger = logging.getLogger(__name__)
 
 __all__ = ["GRID_TABLES", "add_arguments", "check_shared_indices", "grid_table_files", "read_cells", "run"]
 
-GRID_TABLES = ("grid", "grid_deltas")  # written as <tables-dir>/<name>.csv
 
 
 def grid_table_files(tables_dir: str | Path) -> dict[str, Path]:
     """Table name -> CSV path (``grid``, ``grid_deltas``)."""
-    return {name: Path(tables_dir) / f"{name}.csv" for name in GRID_TABLES}
+    return {name: grid_table_file(tables_dir, name) for name in GRID_TABLES}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -28,6 +28,7 @@ from matplotlib.lines import Line2D
 from cxrbench.evaluation.figures import STYLE, init_colours
 from cxrbench.evaluation.grid import POOLED
 from cxrbench.evaluation.metrics import MACRO
+from cxrbench.evaluation.outputs import GRID_FIGURES  # the stems the `grid` rule declares
 from cxrbench.runkey import CellKey
 
 _logger = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ _logger = logging.getLogger(__name__)
 __all__ = ["GRID_FIGURES", "axis_text", "grid_figures", "headline_figure", "seed_spread_figure"]
 
 # Figure stems, in the order they are drawn (each written as PDF and PNG).
-GRID_FIGURES = ("grid_size", "grid_label_efficiency", "grid_regimes", "grid_seed_spread", "grid_headline")
 
 _REGIME_NAMES = {"finetune": "fine-tune", "linear_probe": "linear probe", "lora": "LoRA"}
 _AXIS_NAMES = {"size": "image size", "label_fraction": "label fraction", "regime": "training regime"}

@@ -14,18 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxrbench.evaluation.tables import family_text
-
 _logger = logging.getLogger(__name__)
 
 __all__ = [
     "DESCRIPTIONS",
     "FIGURE_FORMATS",
+    "GRID_FIGURES",
+    "GRID_TABLES",
     "TABLE_FORMATS",
     "StatsFiles",
     "describe",
     "figure_files",
     "figure_names",
+    "grid_table_file",
     "results_readme",
     "results_readme_path",
     "stats_files",
@@ -39,7 +40,7 @@ FIGURE_FORMATS = ("pdf", "png")
 
 @dataclass(frozen=True)
 class StatsFiles:
-    """The files ``cxrbench evaluate`` writes into ``Layout.stats_dir(ds)``."""
+    """The files ``cxrbench evaluate`` writes into ``Layout.stats_dir(cell)``."""
 
     indices: Path
     bootstrap_json: Path
@@ -55,7 +56,7 @@ class StatsFiles:
 
 
 def stats_files(stats_dir: str | Path) -> StatsFiles:
-    """File names inside one dataset's stats folder."""
+    """File names inside one cell's stats folder."""
     d = Path(stats_dir)
     return StatsFiles(
         indices=d / "bootstrap_indices.npy",
@@ -82,6 +83,17 @@ def figure_names(datasets: list[str]) -> list[str]:
     return ["forest"] + [f"{kind}_{ds}" for ds in datasets for kind in ("roc", "heatmap")]
 
 
+# What `cxrbench grid` writes when the grid has more than one cell per dataset: CSV tables, figures as
+# FIGURE_FORMATS (each of the five always, whatever the axes).
+GRID_TABLES = ("grid", "grid_deltas")
+GRID_FIGURES = ("grid_size", "grid_label_efficiency", "grid_regimes", "grid_seed_spread", "grid_headline")
+
+
+def grid_table_file(tables_dir: str | Path, name: str) -> Path:
+    """``<tables>/<name>.csv`` for a name in GRID_TABLES."""
+    return Path(tables_dir) / f"{name}.csv"
+
+
 def table_files(tables_dir: str | Path, name: str) -> dict[str, Path]:
     return {ext: Path(tables_dir) / f"{name}.{ext}" for ext in TABLE_FORMATS}
 
@@ -92,14 +104,14 @@ def figure_files(figures_dir: str | Path, name: str) -> dict[str, Path]:
 
 # File-name pattern (as in docs/outputs.md) -> one-line description.
 DESCRIPTIONS: dict[str, str] = {
-    "stats/<ds>/bootstrap_indices.npy": "(B x U) int64 resampling indices over units (images or patients), shared by every initialisation",
-    "stats/<ds>/bootstrap.json": "seed, its derivation, B, resampling unit, unit count and SHA-256 of the ordered unit ids",
-    "stats/<ds>/bootstrap_units.parquet": "the ordered unit ids (image_id or patient_id) the indices point into",
-    "stats/<ds>/metrics.parquet": "per-run, per-label and macro point metrics on test plus bootstrap mean, SD and 95% CI",
-    "stats/<ds>/metrics.csv": "the same table as metrics.parquet, as CSV",
-    "stats/<ds>/resamples.parquet": "per-resample AUROC of every run, label and the macro mean (long format)",
-    "stats/<ds>/tests.parquet": "paired bootstrap tests for every pair of runs, per shared label and macro (raw p)",
-    "stats/<ds>/roc.parquet": "test-set ROC curve points (fpr, tpr, threshold) of every run and label",
+    "stats/<cell>/bootstrap_indices.npy": "(B x U) int64 resampling indices over units (images or patients), shared by every initialisation",
+    "stats/<cell>/bootstrap.json": "seed, its derivation, B, resampling unit, unit count and SHA-256 of the ordered unit ids",
+    "stats/<cell>/bootstrap_units.parquet": "the ordered unit ids (image_id or patient_id) the indices point into",
+    "stats/<cell>/metrics.parquet": "per-run, per-label and macro point metrics on test plus bootstrap mean, SD and 95% CI",
+    "stats/<cell>/metrics.csv": "the same table as metrics.parquet, as CSV",
+    "stats/<cell>/resamples.parquet": "per-resample AUROC of every run, label and the macro mean (long format)",
+    "stats/<cell>/tests.parquet": "paired bootstrap tests for every pair of runs, per shared label and macro (raw p)",
+    "stats/<cell>/roc.parquet": "test-set ROC curve points (fpr, tpr, threshold) of every run and label",
     "tables/auroc_main.{csv,md,tex}": "macro AUROC (%) mean +/- SD per dataset and initialisation; the study's one-sided p and the two-sided BH p vs the reference",
     "tables/auroc_overlap.{csv,md,tex}": "each pipeline initialisation vs the others on the labels both runs share",
     "tables/auroc_per_label_<ds>.{csv,md,tex}": "per-label AUROC (%) mean +/- SD per initialisation, with p vs the reference",
@@ -107,17 +119,28 @@ DESCRIPTIONS: dict[str, str] = {
     "figures/roc_<ds>.{pdf,png}": "test ROC curves per label, one colour per initialisation (legend: bootstrap mean AUROC)",
     "figures/heatmap_<ds>.{pdf,png}": "bootstrap mean AUROC per label (rows) and initialisation (columns), one colour scale for all datasets",
     "figures/forest.{pdf,png}": "macro delta-AUROC (init - reference) with 95% CI per dataset",
+    "tables/grid.csv": "AUROC with 95% CI per init, dataset, size, regime, label fraction, seed (or pooled) and label (or macro)",
+    "tables/grid_deltas.csv": "delta-AUROC between every compared pair of initialisations along each grid axis, with CI and p",
+    "figures/grid_size.{pdf,png}": "macro AUROC vs image size, one line per initialisation, one panel per dataset",
+    "figures/grid_label_efficiency.{pdf,png}": "macro AUROC vs label fraction (log scale), one line per initialisation",
+    "figures/grid_regimes.{pdf,png}": "macro AUROC per training regime and initialisation",
+    "figures/grid_seed_spread.{pdf,png}": "macro AUROC of every seed replicate per initialisation",
+    "figures/grid_headline.{pdf,png}": "delta-AUROC of the headline pair along each grid axis with 95% CI",
     "README.md": "this file: the headline numbers, what every evaluation output is, and the statistical settings used",
 }
 
 
 def describe(relative: str) -> str:
-    """Description of a file given by its path relative to the results folder."""
+    """Description of a file given by its path relative to the results folder (``<cell>`` spans the folder levels
+    of a cell, ``<ds>`` one name part)."""
     parts = Path(relative).parts
     name = Path(relative).name
     for pattern, text in DESCRIPTIONS.items():
         p_parts = Path(pattern).parts
-        if len(p_parts) != len(parts) or (len(parts) > 1 and p_parts[0] != parts[0]):
+        if "<cell>" in p_parts:  # any folder depth: a stats folder given to `cxrbench aggregate` need not be a cell's
+            if len(parts) < 3 or parts[0] != p_parts[0]:
+                continue
+        elif len(p_parts) != len(parts) or (len(parts) > 1 and p_parts[0] != parts[0]):
             continue
         stem, _, exts = p_parts[-1].partition(".")
         exts = exts.strip("{}").split(",")
@@ -140,6 +163,10 @@ def results_readme(settings: dict[str, Any], files: list[str], *, headline: Any)
 
     ``headline`` is the ``auroc_main`` ``tables.Table`` (display and note).
     """
+    # Imported here: the rules import this module for file names at parse time, and tables pulls in scipy and
+    # sklearn (about 1.5 s for every `snakemake` invocation, dry runs included).
+    from cxrbench.evaluation.tables import family_text
+
     ev = settings["evaluation"]
     table = headline.display.to_markdown(index=False, disable_numparse=True) if not headline.display.empty \
         else "_(no runs)_"

@@ -355,14 +355,13 @@ def _pretrain_jobs(config: dict[str, Any], ctx: _Context, counts: dict[str, Imag
     from cxrbench.training.settings import pretrain_jobs
 
     jobs = []
-    for init, target in pretrain_jobs(config):
+    for init, target, size in pretrain_jobs(config):  # once per size (and target in `study` transfer)
         spec = init_spec(config, init)
         pds = spec.pretrain_dataset
-        for size in grid_axes(config).sizes:
-            jobs.append(_fit_job(config, ctx, kind="pretrain", shape=_shape(config, spec.pretrain_init, size),
-                                 counts=counts[pds], train_images=counts[pds].train, regime="finetune",
-                                 training=_training(config, init), init=init, dataset=pds, size=size,
-                                 fraction=None, seed=None, target=target, shared_regime=True))
+        jobs.append(_fit_job(config, ctx, kind="pretrain", shape=_shape(config, spec.pretrain_init, size),
+                             counts=counts[pds], train_images=counts[pds].train, regime="finetune",
+                             training=_training(config, init), init=init, dataset=pds, size=size,
+                             fraction=None, seed=None, target=target, shared_regime=True))
     return jobs
 
 

@@ -63,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="recompute activations in the backward pass (less memory, same numbers)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         num_workers=args.num_workers,
         threads=args.threads,
+        grad_checkpointing=args.grad_checkpointing,
     )
     return 0
 
@@ -369,6 +372,7 @@ def train(
     device: str = "auto",
     num_workers: int = 0,
     threads: int = 0,
+    grad_checkpointing: bool = False,
     on_step: Any = None,
 ) -> dict[str, Any]:
     """Run one training job end to end and write its outputs; returns the run.json content.
@@ -421,6 +425,8 @@ def train(
         build_seed=int(features_meta["seed"]) if features_meta is not None else seed,
     )
     spec, labels, splits, model = prep.spec, prep.labels, prep.splits, prep.model
+    if grad_checkpointing:  # training.grad_checkpointing: a runtime key, so it is a flag, not a setting
+        model.set_grad_checkpointing(True)
     if regime == "linear_probe":
         feat.check_meta(features_meta, model, prep.transform, features_dir=Path(features_dir))
         if not prep.keep_head:
