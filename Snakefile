@@ -23,6 +23,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/external.smk"
 include: "workflow/rules/archive.smk"
 
 

@@ -36,7 +36,6 @@ from cxrbench.evaluation.predictions import PredictionError, from_frame, read_pr
 from cxrbench.labels import label_presets, overlap_labels
 from cxrbench.runkey import RunKey
 from cxrbench.training.cli import predictions_frame, train, write_predictions
-from cxrbench.training.data import DataError
 from cxrbench.training.settings import derive_seed, resolve_training
 from PIL import Image
 from process_state import _restore_process_state  # noqa: F401 - autouse fixture
@@ -244,11 +243,17 @@ def test_external_predict_maps_the_run_to_the_shared_labels(trained: dict, tmp_p
     assert meta["validation_thresholds"]["nodule_or_mass"] == pytest.approx(youden_threshold(v_t, v_s))
 
 
-def test_external_predict_refuses_pairs_without_a_shared_label(trained: dict, tmp_path: Path) -> None:
+def test_external_predict_records_a_pair_without_a_shared_label_and_refuses_bad_keys(
+    trained: dict, tmp_path: Path
+) -> None:
+    """The workflow plans every (run, test set) pair; one without a shared label writes an empty result that the
+    matrix leaves out."""
     run = trained["run"]
     nothing = make_dataset(tmp_path, "gamma", ["pneumothorax"], n=20, seed=3)
-    with pytest.raises(DataError, match=r"shares no label with .*'gamma', labels \['pneumothorax'\]"):
-        predict_external(run, key=KEY, device="cpu", threads=1, **nothing)
+    frame, meta = predict_external(run, key=KEY, device="cpu", threads=1, **nothing)
+    assert frame.empty and meta["shared"] == [] and meta["test_dataset"] == "gamma"
+    write_external(tmp_path / "ext", frame, meta)
+    assert read_external(tmp_path / "ext") is None
     with pytest.raises(ConfigError, match="the run's own dataset"):
         predict_external(run, key=KEY, device="cpu", threads=1, **trained["alpha"])
     with pytest.raises(ConfigError, match="the key says 'dinov2' on 'alpha'"):

@@ -45,7 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cxrbench", description=__doc__.splitlines()[0])
+    # `@FILE` reads arguments from FILE, one per line (a rule whose argument list is too long for one command).
+    parser = argparse.ArgumentParser(
+        prog="cxrbench", description=__doc__.splitlines()[0], fromfile_prefix_chars="@"
+    )
     parser.add_argument("--version", action="version", version=f"cxrbench {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="<stage>", required=True)

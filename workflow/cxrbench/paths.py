@@ -125,6 +125,18 @@ class Layout:
         """``<results>/stats/<ds>/<size>px/<regime>/frac-<fraction>/seed-<seed>``: one comparison cell."""
         return self.stats_root() / cell.relpath()
 
+    def external_root(self) -> Path:
+        return self.root / "external"
+
+    def external_dir(self, key: RunKey, test_dataset: str) -> Path:
+        """``<results>/external/<run key>/on-<test dataset>``: run ``key`` predicting another dataset's test split."""
+        return self.external_root() / key.relpath() / f"on-{test_dataset}"
+
+    def external_args(self) -> Path:
+        """The argument file of ``cxrbench external`` (one argument per line: the full grid's list is too long
+        for one shell command)."""
+        return self.root / "external" / "external.args"
+
     def tables_dir(self) -> Path:
         return self.root / "tables"
 

@@ -90,7 +90,7 @@ def dataset_settings(ds: str) -> dict:
 def all_targets() -> list:
     """Final outputs of every stage present in the workflow."""
     targets = [LAYOUT.labels(ds) for ds in DATASETS]
-    for name in ("preprocess_targets", "train_targets", "evaluate_targets"):
+    for name in ("preprocess_targets", "train_targets", "evaluate_targets", "external_targets"):
         fn = globals().get(name)
         if fn is not None:
             targets += fn()

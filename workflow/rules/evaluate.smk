@@ -32,7 +32,8 @@ PIPELINE_INITS = [i for i in INITS if config["initialisations"][i]["source"] == 
 def evaluation_settings() -> dict:
     """What evaluate/aggregate compute from: the evaluation section, the master seed, the inits."""
     return {
-        "evaluation": config["evaluation"],
+        # `external` only adds the external-validation jobs (external.smk): switching it reruns no evaluation
+        "evaluation": {k: v for k, v in config["evaluation"].items() if k != "external"},
         "seed": config["seed"],
         "inits": INITS,
         "pipeline_inits": PIPELINE_INITS,

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         datasets = list(labels)
         runs: list[ExternalRun] = [in_domain_run(parse_run_key(k), p)
                                    for k, p in _pairs(args.in_domain, "--in-domain").items()]
-        runs += [read_external(d) for d in args.external]
+        runs += [r for r in (read_external(d) for d in args.external) if r is not None]
         stats = {parse_cell_key(k): read_cell_stats(d) for k, d in _pairs(args.stats, "--stats").items()}
         n_res = {s.indices.shape[0] for s in stats.values()}
         if len(n_res) != 1:  # the gap pairs resample b of one test set with resample b of another

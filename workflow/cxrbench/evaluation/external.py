@@ -335,7 +335,8 @@ def predict_external(
 
     Raises:
         ConfigError: ``key`` does not name this run, or B is A's own dataset.
-        DataError: A and B share no label, or B's files break their contract.
+        DataError: B's files break their contract. (A pair without a shared label is not an error: empty
+            predictions and an ``external.json`` with no shared label, which ``read_external`` skips.)
         PredictionError: the run's ``predictions.parquet`` lacks an output the mapping needs.
     """
     import torch
@@ -364,8 +365,17 @@ def predict_external(
                           "from the run's predictions.parquet")
     shared = shared_labels_of_pair(a_labels, b_labels)
     if not shared:
-        raise DataError(f"{best_path} (trained on {key.dataset!r}, labels {a_labels}) shares no label with "
-                        f"{labels_path} ({test_dataset!r}, labels {b_labels}); leave this pair out")
+        # Which pairs share labels is known only once labels are harmonised (and, for a chain in study transfer,
+        # once its label subset is), so the workflow plans every pair and this one records that it has none.
+        _logger.warning("%s (trained on %r, labels %s) shares no label with %s (%r, labels %s): nothing to "
+                        "predict; the pair is left out of the matrix", best_path, key.dataset, a_labels,
+                        labels_path, test_dataset, b_labels)
+        columns = ["split", "image_id", "patient_id", "label", "target", "score"]
+        meta = {"run_key": key.relpath().as_posix(), "init": key.init, "train_dataset": key.dataset,
+                "test_dataset": test_dataset, **_axes(key), "labels": [], "shared": [],
+                "validation_thresholds": {}, "run_labels": a_labels, "images": {"test": 0},
+                "run_dir": str(run_dir), "note": "no shared label"}
+        return pd.DataFrame(columns=columns), meta
     for s in shared:
         if s.rule == "target_merged":
             labels_df = add_merged_columns(labels_df, [s.label], parents=dict.fromkeys(s.target_from, s.label))
@@ -477,8 +487,8 @@ class ExternalRun:
         return self.test_dataset == self.key.dataset
 
 
-def read_external(out_dir: str | Path) -> ExternalRun:
-    """One ``cxrbench external-predict`` folder.
+def read_external(out_dir: str | Path) -> ExternalRun | None:
+    """One ``cxrbench external-predict`` folder; None for a pair that shares no label (nothing was predicted).
 
     Raises:
         PredictionError: a file is missing, or a shared label of ``external.json`` has no predictions.
@@ -489,6 +499,9 @@ def read_external(out_dir: str | Path) -> ExternalRun:
             raise PredictionError(f"{path} does not exist (run `cxrbench external-predict` first)")
     meta = json.loads(files.meta.read_text(encoding="utf-8"))
     key = parse_run_key(meta["run_key"])
+    if not meta["shared"]:
+        _logger.info("%s on %s: no shared label, left out", meta["run_key"], meta["test_dataset"])
+        return None
     shared = tuple(SharedLabel.from_dict(s) for s in meta["shared"])
     run = from_frame(pd.read_parquet(files.predictions), source=str(files.predictions))
     missing = [s.label for s in shared if s.label not in run.labels]

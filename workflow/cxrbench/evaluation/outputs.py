@@ -126,6 +126,15 @@ DESCRIPTIONS: dict[str, str] = {
     "figures/grid_regimes.{pdf,png}": "macro AUROC per training regime and initialisation",
     "figures/grid_seed_spread.{pdf,png}": "macro AUROC of every seed replicate per initialisation",
     "figures/grid_headline.{pdf,png}": "delta-AUROC of the headline pair along each grid axis with 95% CI",
+    "external/<run>/on-<ds>/predictions.parquet": "a run's test predictions on another dataset, on the labels the two share",
+    "external/<run>/on-<ds>/external.json": "that pair's shared labels with their merging rule, the run's validation thresholds, provenance",
+    "tables/label_overlap.csv": "the shared canonical labels of every (train, test) dataset pair and how each is obtained",
+    "tables/external.csv": "AUROC with 95% CI per init, train dataset, test dataset, grid cell and label (or macro); the diagonal is in-domain",
+    "tables/external_tests.csv": "paired delta-AUROC tests between initialisations per (train, test) pair, BH over the matrix",
+    "tables/external_gap.csv": "generalisation gap (in-domain minus mean external AUROC) per run, with 95% CI",
+    "figures/external_auroc_<init>.{pdf,png}": "train x test heatmap of macro AUROC on shared labels, per initialisation",
+    "figures/external_delta_<a>_vs_<b>.{pdf,png}": "train x test heatmap of macro delta-AUROC (a - b) with significance marks",
+    "figures/external_gap.{pdf,png}": "generalisation gap per initialisation and train dataset, with 95% CI",
     "README.md": "this file: the headline numbers, what every evaluation output is, and the statistical settings used",
 }
 
