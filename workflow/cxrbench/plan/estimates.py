@@ -132,8 +132,14 @@ def dataset_images(config: dict[str, Any], dataset: str) -> ImageCounts:
     if labels.is_file():
         import pandas as pd
 
-        counts = pd.read_parquet(labels, columns=["split"])["split"].value_counts()
-        return ImageCounts(*(int(counts.get(s, 0)) for s in ("train", "val", "test")), source="labels.parquet")
+        try:
+            counts = pd.read_parquet(labels, columns=["split"])["split"].value_counts()
+        except (OSError, ValueError, KeyError) as exc:
+            # The workflow plans while it builds the DAG, where a broken file is about to be rewritten: the
+            # defaults below size the jobs instead of stopping the run.
+            _logger.warning("%s is unreadable (%s); planning %s from defaults", labels, exc, dataset)
+        else:
+            return ImageCounts(*(int(counts.get(s, 0)) for s in ("train", "val", "test")), source="labels.parquet")
     adapter = config["datasets"][dataset]["adapter"]
     from cxrbench.config import is_demo_dataset
 
