@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -377,7 +378,8 @@ def _pretrain_jobs(config: dict[str, Any], ctx: _Context, counts: dict[str, Imag
 
 
 def _config_key(config: dict[str, Any]) -> str:
-    return json.dumps(config, sort_keys=True, default=str)
+    """The cache key of a config's plan: its JSON and the working directory its relative paths are read from."""
+    return json.dumps({"cwd": os.getcwd(), "config": config}, sort_keys=True, default=str)
 
 
 def build_plan(config: dict[str, Any], *, gpu: str | None = None) -> Plan:
@@ -395,7 +397,7 @@ def build_plan(config: dict[str, Any], *, gpu: str | None = None) -> Plan:
 
 @functools.lru_cache(maxsize=4)
 def _build_plan(config_json: str, gpu: str | None) -> Plan:
-    config = json.loads(config_json)
+    config = json.loads(config_json)["config"]
     ctx = _context(config, gpu)
     axes = grid_axes(config)
     counts = {ds: dataset_images(config, ds) for ds in config["datasets"]}
@@ -460,7 +462,7 @@ def resource_table(config: dict[str, Any]) -> dict[tuple[Any, ...], dict[str, in
 
 @functools.lru_cache(maxsize=4)
 def _resource_table(config_json: str) -> dict[tuple[Any, ...], dict[str, int]]:
-    config = json.loads(config_json)
+    config = json.loads(config_json)["config"]
     plan = _build_plan(config_json, None)
     table: dict[tuple[Any, ...], dict[str, int]] = {("train", key): _resources(config, job)
                                                     for key, job in plan.runs.items()}
