@@ -33,6 +33,13 @@ rule all:
     default_target: True
 
 
+# Before the first job (never in dry runs): stop a SLURM run started where there is no sbatch, then print the
+# compute plan when training is pending (both need the built DAG or the chosen executor, so not at parse time).
+onstart:
+    require_sbatch()
+    announce_plan()
+
+
 # End-of-run summary on stderr: where the outputs are, the headline numbers, what was quarantined.
 onsuccess:
     import sys

@@ -76,6 +76,20 @@ def test_missing_dataset_root_is_rejected_when_not_demo(demo_config: dict, tmp_p
     demo_config["datasets"] = {"chestxray14": {"adapter": "chestxray14", "root": str(tmp_path / "absent")}}
     demo_config["initialisations"].pop("mimic_sl")
     with pytest.raises(ConfigError, match=r"datasets\.chestxray14\.root"):
+        validate_config(copy.deepcopy(demo_config))
+    # the compute plan of data not yet downloaded: every other check still applies
+    assert validate_config(copy.deepcopy(demo_config), require_roots=False)["datasets"]["chestxray14"]["root"] == str(
+        tmp_path / "absent"
+    )
+    demo_config["training"]["epochz"] = 3
+    with pytest.raises(ConfigError, match="'epochz'"):
+        validate_config(demo_config, require_roots=False)
+
+
+@pytest.mark.parametrize("key", ["runtime_minutes", "mem_mb"])
+def test_removed_training_resources_point_to_the_plan(demo_config: dict, key: str) -> None:
+    demo_config["training"][key] = 30
+    with pytest.raises(ConfigError, match=rf"'training\.{key}' was removed: .*plan\.safety_factor"):
         validate_config(demo_config)
 
 

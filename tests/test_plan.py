@@ -159,3 +159,43 @@ def test_cli_plans_the_study_preset_in_under_10_s(tmp_path: Path) -> None:
     assert "dataset folders not found" in proc.stderr
     proc, _ = _cli(tmp_path, "--configfile", str(STUDY), "--gpu", "B300")
     assert proc.returncode == 2 and "unknown GPU 'B300'" in proc.stderr and "H200" in proc.stderr
+
+
+def test_resource_table_sizes_every_planned_job_of_the_workflow(tmp_path: Path) -> None:
+    from cxrbench.plan import planned_features_resources, planned_pretrain_resources, resource_table
+    from cxrbench.runkey import grid_runs
+    from cxrbench.training.settings import pretrain_jobs
+
+    config = _config(tmp_path)
+    table = resource_table(config)
+    runs = grid_runs(config)
+    probes = {("features", k.init, k.dataset, k.size) for k in runs if k.regime == "linear_probe"}
+    pretrain = {("pretrain", *job) for job in pretrain_jobs(config)}
+    assert set(table) == {("train", k) for k in runs} | pretrain | probes
+    pre = planned_pretrain_resources(config, init="chain", target="vindr", size=64)
+    assert pre == table["pretrain", "chain", "vindr", 64]
+    probe = planned_features_resources(config, init="random", dataset="mimic", size=32)
+    assert probe == table["features", "random", "mimic", 32]
+    with pytest.raises(ValueError, match="no features job"):
+        planned_features_resources(config, init="random", dataset="padchest", size=32)
+
+
+def _fake_dag(*rules: str) -> Any:
+    """The part of Snakemake's DAG that start_summary reads: the rule of each job still to run."""
+    from types import SimpleNamespace
+
+    jobs = [SimpleNamespace(rule=SimpleNamespace(name=r)) for r in rules]
+    return SimpleNamespace(needrun_jobs=lambda: iter(jobs))
+
+
+def test_start_summary_only_when_a_planned_job_is_pending(tmp_path: Path) -> None:
+    from cxrbench.plan.estimates import start_summary
+
+    config = _config(tmp_path)
+    assert start_summary(config, _fake_dag("harmonise", "evaluate")) == ""
+    assert start_summary(config, _fake_dag()) == ""
+    for rule in ("train", "pretrain", "features"):
+        assert start_summary(config, _fake_dag("harmonise", rule)).startswith("Compute plan on A100-80GB")
+    quiet = copy.deepcopy(config)
+    quiet["plan"]["summary"] = False
+    assert start_summary(quiet, _fake_dag("train")) == ""

@@ -28,6 +28,7 @@ from cluster import (
     scontrol_job,
     slurm_ready,
     snakemake_cmd,
+    time_limit_minutes,
     wait_for,
 )
 
@@ -41,6 +42,19 @@ def _needs_slurm() -> None:
 
 
 # --- profiles (no scheduler needed) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "minutes"),
+    [("00:10:00", 10), ("10:00", None), ("01:30:00", 90), ("1-00:00:00", 1440), ("2-03:04:30", 3064.5),
+     ("UNLIMITED", None), ("Partition_Limit", None)],
+)
+def test_time_limit_is_read_as_scontrol_prints_it(text: str, minutes: float | None) -> None:
+    if minutes is None:
+        with pytest.raises(ValueError, match="not a"):
+            time_limit_minutes(text)
+    else:
+        assert time_limit_minutes(text) == minutes
 
 
 @pytest.mark.parametrize("name", ["slurm", "workstation"])

@@ -4,11 +4,14 @@ settings/preset functions the rules call (the grid's axes: tests/test_grid_*.py)
 from __future__ import annotations
 
 import copy
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import yaml
 from cxrbench.config import REPO_ROOT, ConfigError, validate_config
@@ -137,3 +140,83 @@ def test_missing_weights_fail_at_parse_time_with_the_fetch_command(config: dict,
     assert proc.returncode != 0
     assert "cxrbench weights fetch --model vit_base_patch14_dinov2.lvd142m --hf-home wcache" in out
     assert "Pretrained weights are missing" in out and "models--timm--vit_base_patch14_dinov2.lvd142m" in out
+
+
+def _dry_run_jobs(output: str) -> list[tuple[str, dict[str, str], dict[str, str]]]:
+    """(rule, wildcards, resources) of every job block of a `snakemake -n` log."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", output):
+        header = re.match(r"(?:local)?rule (\w+):\n", block)
+        if header is None:
+            continue
+        fields = {}
+        for name in ("wildcards", "resources"):
+            line = re.search(rf"^    {name}: (.*)$", block, flags=re.MULTILINE)
+            fields[name] = dict(p.split("=", 1) for p in line.group(1).split(", ")) if line else {}
+        jobs.append((header.group(1), fields["wildcards"], fields["resources"]))
+    return jobs
+
+
+def test_training_jobs_request_the_planned_runtime_and_memory(
+    config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cxrbench.plan import planned_features_resources, planned_pretrain_resources, planned_resources
+
+    config["results"] = "res"
+    config["grid"] = {"regimes": ["finetune", "linear_probe"]}  # linear_probe adds the features jobs
+    config["plan"] = {"gpu": "cpu", "min_runtime_minutes": 1}  # no floor, so each job's own estimate shows
+    work = _workflow(tmp_path, config)
+    # image counts differ per dataset, so a job requesting another job's resources fails the comparison
+    for i, ds in enumerate(config["datasets"]):
+        n = 4000 * (i + 1)
+        splits = ["train"] * n + ["val"] * (n // 10) + ["test"] * (n // 5)
+        pd.DataFrame({"split": splits}).to_parquet(Layout(work / "res").labels(ds))
+    proc = _snakemake(work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [j for j in _dry_run_jobs(proc.stdout + proc.stderr) if j[0] in {"train", "pretrain", "features"}]
+    assert sorted({j[0] for j in jobs}) == ["features", "pretrain", "train"]
+
+    monkeypatch.chdir(work)  # the plan reads res/<ds>/labels.parquet as the workflow did
+    validate_config(config)
+    runtimes = set()
+    for rule, w, res in jobs:
+        if rule == "train":
+            want = planned_resources(config, RunKey.from_wildcards(SimpleNamespace(**w)))
+        elif rule == "pretrain":
+            target = None if w["scope"] == "all-labels" else w["scope"].removeprefix("for-")
+            want = planned_pretrain_resources(config, init=w["init"], target=target, size=int(w["size"]))
+        else:
+            want = planned_features_resources(config, init=w["init"], dataset=w["ds"], size=int(w["size"]))
+        assert (int(res["runtime"]), int(res["mem_mb"])) == (want["runtime"], want["mem_mb"]), (rule, w)
+        runtimes.add(want["runtime"])
+    assert len(runtimes) > 3  # the jobs' estimates differ: nothing was floored into one value
+
+
+def test_onstart_prints_the_plan_only_when_training_is_pending(config: dict, tmp_path: Path) -> None:
+    """A real (touch) run of the repository's Snakefile: its `onstart` prints the plan for a pending train job,
+    not for a pending non-training job; an up-to-date rerun never reaches `onstart`."""
+    config["results"] = "res"
+    work = _workflow(tmp_path, config)
+    key = RunKey("random", "vindr", config["preprocess"]["size"])
+    run = Layout(work / "res").run_dir(key)
+    fractions = Layout(work / "res").fractions("vindr")
+    for out in [run / "best.pt", run / "history.csv", run / "predictions.parquet", run / "run.json", fractions]:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.touch()
+        os.utime(out, (1, 1))  # older than the stand-in inputs: its job must run again
+
+    def touch_run(*targets: Path) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "snakemake", *(str(t.relative_to(work)) for t in targets), "-s", str(REPO_ROOT / "Snakefile"), "-d",
+             str(work), "-c1", "--touch", "--allowed-rules", "train", "fractions"],
+            capture_output=True, check=False, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stderr
+
+    out = touch_run(fractions)
+    assert "rule fractions:" in out and "Compute plan" not in out  # pending, but not a planned job
+    out = touch_run(run / "best.pt")
+    assert "Compute plan on cpu" in out and out.index("Compute plan on cpu") < out.index("rule train:")
+    again = touch_run(run / "best.pt")
+    assert "Nothing to be done" in again and "Compute plan" not in again

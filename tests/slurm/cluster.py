@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,15 @@ def scontrol_job(job_id: str) -> dict[str, str]:
         key, _, value = token.partition("=")
         fields[key] = value
     return fields
+
+
+def time_limit_minutes(text: str) -> float:
+    """A job's `TimeLimit` as `scontrol` prints it (``[D-]HH:MM:SS``) in minutes; ValueError for UNLIMITED and the like."""
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d{2}):(\d{2})", text.strip())
+    if m is None:
+        raise ValueError(f"not a [D-]HH:MM:SS time limit: {text!r}")
+    days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
+    return (days * 24 + hours) * 60 + minutes + seconds / 60
 
 
 def wait_for(predicate, *, timeout: float, what: str, poll: float = 0.3) -> None:

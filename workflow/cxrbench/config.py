@@ -38,7 +38,14 @@ __all__ = [
 # `training` keys that say where and how a job runs, not what it computes: they never enter a stage's settings,
 # so changing them reruns nothing.
 # Gradient checkpointing recomputes activations in the backward pass: memory, not numbers.
-RUNTIME_TRAINING_KEYS = ("device", "num_workers", "gpus", "mem_mb", "runtime_minutes", "retries", "grad_checkpointing")
+RUNTIME_TRAINING_KEYS = ("device", "num_workers", "gpus", "retries", "grad_checkpointing")
+# Keys that were removed, with where their job went: the schema's "unknown key" alone would not say.
+_REPLACED_KEYS = {
+    ("training", "runtime_minutes"): "each training job's SLURM runtime now comes from the compute plan "
+    "(plan.safety_factor, plan.partition_limit_minutes, plan.min_runtime_minutes; docs/cluster.md)",
+    ("training", "mem_mb"): "each training job's mem_mb now comes from the compute plan (plan.safety_factor; "
+    "docs/cluster.md)",
+}
 
 
 class ConfigError(ValueError):
@@ -92,21 +99,27 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return msg
 
 
-def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+def validate_config(config: dict[str, Any], *, require_roots: bool = True) -> dict[str, Any]:
     """Validate ``config`` in place, fill schema defaults, check cross-references and return it.
+
+    ``require_roots=False`` accepts dataset roots that do not exist (``cxrbench plan`` plans data not yet
+    downloaded); the Snakefile always requires them.
 
     Raises:
         ConfigError: naming the first offending key and what was expected.
     """
+    for (section, key), why in _REPLACED_KEYS.items():
+        if isinstance(config.get(section), dict) and key in config[section]:
+            raise ConfigError(f"config key '{section}.{key}' was removed: {why}")
     validator = _Validator(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         raise ConfigError("\n".join(_describe(e) for e in errors[:5]))
-    _check_references(config)
+    _check_references(config, require_roots=require_roots)
     return config
 
 
-def _check_references(config: dict[str, Any]) -> None:
+def _check_references(config: dict[str, Any], *, require_roots: bool) -> None:
     """Cross-key checks the schema cannot express."""
     inits = config["initialisations"]
     datasets = config["datasets"]
@@ -133,7 +146,7 @@ def _check_references(config: dict[str, Any]) -> None:
         raise ConfigError(f"config key 'evaluation.reference_init': {ref!r} is not a configured initialisation")
     for name, ds in datasets.items():
         root = Path(ds["root"])
-        if not is_demo_dataset(config, name) and not root.is_dir():
+        if require_roots and not is_demo_dataset(config, name) and not root.is_dir():
             raise ConfigError(f"config key 'datasets.{name}.root': folder {str(root)!r} does not exist")
         if ds["adapter"] == "generic_csv" and "columns" not in ds:
             raise ConfigError(f"config key 'datasets.{name}.columns' is required for adapter 'generic_csv'")

@@ -45,8 +45,9 @@ def require_sbatch() -> None:
     """Stop before the first submission when the SLURM executor runs where there is no `sbatch`.
 
     The executor is chosen after the Snakefile is parsed (`workflow.executor_plugin` is None then), so this
-    runs in `onstart`, which Snakemake calls after building the plan and before scheduling any job (never in
-    dry runs). Without it the plugin fails each submission ("No such file or directory: 'sacct'") and retries.
+    runs in the Snakefile's `onstart`, which Snakemake calls after building the plan and before scheduling any
+    job (never in dry runs). Without it the plugin fails each submission ("No such file or directory: 'sacct'")
+    and retries.
     """
     plugin = workflow.executor_plugin
     if plugin is not None and plugin.name == "slurm" and shutil.which("sbatch") is None:
@@ -54,10 +55,6 @@ def require_sbatch() -> None:
             "sbatch not found: this profile needs a SLURM login node. Run `snakemake --profile slurm` where "
             "`sbatch` is on PATH, or use `--profile workstation` to run on this machine (docs/cluster.md)."
         )
-
-
-onstart:
-    require_sbatch()
 
 
 wildcard_constraints:

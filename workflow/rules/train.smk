@@ -8,6 +8,8 @@ from cxrbench.models.registry import check_all as _weights_problems
 from cxrbench.models.registry import init_spec as _init_spec
 from cxrbench.models.registry import locate_weights as _locate_weights
 from cxrbench.models.registry import weights_problem as _weights_problem
+from cxrbench.plan.estimates import resource_table as _resource_table
+from cxrbench.plan.estimates import start_summary as _start_summary
 from cxrbench.preprocess.cache import cache_paths as _cache_paths
 from cxrbench.runkey import grid_runs as _grid_runs
 from cxrbench.training.settings import derive_seed as _derive_seed
@@ -119,13 +121,40 @@ def _options(input) -> str:
     return " ".join(opts)
 
 
-_RESOURCES = dict(
-    gpu=_TR["gpus"],
-    cpus_per_task=_TR["num_workers"] + 1,
-    mem_mb=_TR["mem_mb"],
-    # Retries resume from checkpoint.pt; each attempt gets more wall time.
-    runtime=lambda wildcards, attempt: _TR["runtime_minutes"] * attempt,
-)
+@functools.cache
+def _planned() -> dict:
+    """SLURM runtime and mem_mb of every train, pretrain and features job, from one plan of the config.
+
+    Built at the first resource evaluation, at the latest in `onstart` (announce_plan), and looked up per job:
+    resources are evaluated per job and again after each upstream job finishes.
+    """
+    return _resource_table(config)
+
+
+def _planned_resources(plan_key) -> dict:
+    """Resources of a planned rule; ``plan_key(wildcards)`` names its job in the plan (cxrbench.plan.resource_table)."""
+    limit = config["plan"]["partition_limit_minutes"]
+    return dict(
+        gpu=_TR["gpus"],
+        cpus_per_task=_TR["num_workers"] + 1,
+        mem_mb=lambda wildcards: _planned()[plan_key(wildcards)]["mem_mb"],
+        # Retries resume from checkpoint.pt; attempt k gets k times the planned time, within the partition limit.
+        runtime=lambda wildcards, attempt: min(_planned()[plan_key(wildcards)]["runtime"] * attempt, limit),
+    )
+
+
+def _scope_target(scope: str):
+    """The pre-training target of a `scope` wildcard (None: all labels)."""
+    return None if scope == "all-labels" else scope.removeprefix("for-")
+
+
+def announce_plan() -> None:
+    """Print the compute plan on stderr when a planned job is pending (from `onstart`: never in dry runs)."""
+    text = _start_summary(config, workflow.dag)
+    if text:
+        print(text, file=sys.stderr)
+
+
 _RUNTIME_OPTS = f"--device {_TR['device']} --num-workers {_TR['num_workers']}" + (
     " --grad-checkpointing" if _TR["grad_checkpointing"] else ""
 )
@@ -148,7 +177,7 @@ rule train:
         LAYOUT.logs() / "train" / f"{RUN_PATTERN}.benchmark.tsv"
     threads: _TR["num_workers"] + 1
     resources:
-        **_RESOURCES,
+        **_planned_resources(lambda w: ("train", RunKey.from_wildcards(w))),
     retries: _TR["retries"]
     shell:
         "{CXRBENCH} train --settings {params.settings} --labels {input.labels} --manifest {input.manifest}"
@@ -167,11 +196,7 @@ rule pretrain:
         pds="|".join(DATASETS),
         scope="all-labels|" + "|".join(f"for-{d}" for d in DATASETS),
     params:
-        settings=lambda w: settings(
-            _pretrain_settings(
-                config, w.init, None if w.scope == "all-labels" else w.scope.removeprefix("for-"), int(w.size)
-            )
-        ),
+        settings=lambda w: settings(_pretrain_settings(config, w.init, _scope_target(w.scope), int(w.size))),
         options=lambda w, input: _options(input),
         out=lambda w: LAYOUT.pretrain_run_dir(w.init, w.pds, w.size, w.scope),
     conda:
@@ -182,7 +207,7 @@ rule pretrain:
         LAYOUT.logs() / "pretrain" / "{init}" / "{pds}" / "{size}px" / "{scope}.benchmark.tsv"
     threads: _TR["num_workers"] + 1
     resources:
-        **_RESOURCES,
+        **_planned_resources(lambda w: ("pretrain", w.init, _scope_target(w.scope), int(w.size))),
     retries: _TR["retries"]
     shell:
         "{CXRBENCH} train --settings {params.settings} --labels {input.labels} --manifest {input.manifest}"
@@ -230,7 +255,7 @@ rule features:
         LAYOUT.logs() / "features" / "{init}" / "{ds}" / "{size}px.log",
     threads: _TR["num_workers"] + 1
     resources:
-        **_RESOURCES,
+        **_planned_resources(lambda w: ("features", w.init, w.ds, int(w.size))),
     retries: _TR["retries"]
     shell:
         "{CXRBENCH} features --settings {params.settings} --labels {input.labels} --manifest {input.manifest}"

@@ -44,8 +44,8 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def load_plan_config(paths: list[Path] | None) -> tuple[dict[str, Any], list[str]]:
     """The validated config of ``paths`` (default ``config.yaml``) and the dataset roots that do not exist.
 
-    Roots are the only check relaxed: every other key is validated exactly as the Snakefile does, and a missing
-    root is validated as if present (the plan of data not yet downloaded is a use of the plan).
+    Roots are the only check relaxed (``require_roots=False``): every other key is validated exactly as the
+    Snakefile does, since the plan of data not yet downloaded is a use of the plan.
     """
     config: dict[str, Any] = {}
     for path in paths or [Path("config.yaml")]:
@@ -55,15 +55,9 @@ def load_plan_config(paths: list[Path] | None) -> tuple[dict[str, Any], list[str
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
         config = _merge(config, loaded)
-    roots = {name: entry.get("root") for name, entry in (config.get("datasets") or {}).items()
-             if isinstance(entry, dict)}
-    missing = [n for n, r in roots.items() if isinstance(r, str) and not Path(r).is_dir()]
-    for name in missing:
-        config["datasets"][name]["root"] = "."
-    validate_config(config)
-    for name in missing:
-        config["datasets"][name]["root"] = roots[name]
-    missing = [n for n in missing if not is_demo_dataset(config, n)]
+    validate_config(config, require_roots=False)
+    missing = [name for name, entry in config["datasets"].items()
+               if not Path(entry["root"]).is_dir() and not is_demo_dataset(config, name)]
     return config, missing
 
 

@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,10 +51,15 @@ __all__ = [
     "dataset_images",
     "expected_epochs",
     "plan_summary",
+    "planned_features_resources",
     "planned_pretrain_resources",
     "planned_resources",
+    "resource_table",
+    "start_summary",
 ]
 
+# The workflow rules whose jobs the plan sizes (workflow/rules/train.smk): their resources come from it.
+PLANNED_RULES = frozenset({"train", "pretrain", "features"})
 # The study hand-picked epochs 5 and 6 of 100 (paper-methods.md section 5): fine-tuning a pretrained ViT at lr 1e-5
 # peaks early. history.csv of finished runs shows the real best epoch.
 EXPECTED_BEST_EPOCH_FRACTION = 0.1
@@ -127,8 +133,14 @@ def dataset_images(config: dict[str, Any], dataset: str) -> ImageCounts:
     if labels.is_file():
         import pandas as pd
 
-        counts = pd.read_parquet(labels, columns=["split"])["split"].value_counts()
-        return ImageCounts(*(int(counts.get(s, 0)) for s in ("train", "val", "test")), source="labels.parquet")
+        try:
+            counts = pd.read_parquet(labels, columns=["split"])["split"].value_counts()
+        except (OSError, ValueError, KeyError) as exc:
+            # The workflow plans while it builds the DAG, where a broken file is about to be rewritten: the
+            # defaults below size the jobs instead of stopping the run.
+            _logger.warning("%s is unreadable (%s); planning %s from defaults", labels, exc, dataset)
+        else:
+            return ImageCounts(*(int(counts.get(s, 0)) for s in ("train", "val", "test")), source="labels.parquet")
     adapter = config["datasets"][dataset]["adapter"]
     from cxrbench.config import is_demo_dataset
 
@@ -366,7 +378,8 @@ def _pretrain_jobs(config: dict[str, Any], ctx: _Context, counts: dict[str, Imag
 
 
 def _config_key(config: dict[str, Any]) -> str:
-    return json.dumps(config, sort_keys=True, default=str)
+    """The cache key of a config's plan: its JSON and the working directory its relative paths are read from."""
+    return json.dumps({"cwd": os.getcwd(), "config": config}, sort_keys=True, default=str)
 
 
 def build_plan(config: dict[str, Any], *, gpu: str | None = None) -> Plan:
@@ -384,7 +397,7 @@ def build_plan(config: dict[str, Any], *, gpu: str | None = None) -> Plan:
 
 @functools.lru_cache(maxsize=4)
 def _build_plan(config_json: str, gpu: str | None) -> Plan:
-    config = json.loads(config_json)
+    config = json.loads(config_json)["config"]
     ctx = _context(config, gpu)
     axes = grid_axes(config)
     counts = {ds: dataset_images(config, ds) for ds in config["datasets"]}
@@ -437,29 +450,74 @@ def _resources(config: dict[str, Any], job: PlanJob) -> dict[str, int]:
     return {"runtime": int(runtime), "mem_mb": int(math.ceil(host_mb * safety / 100) * 100)}
 
 
+def resource_table(config: dict[str, Any]) -> dict[tuple[Any, ...], dict[str, int]]:
+    """SLURM ``runtime`` and ``mem_mb`` of every train, pretrain and features job of the config's plan.
+
+    Keyed as the workflow's rules name their jobs: ``("train", RunKey)``, ``("pretrain", init, target, size)``
+    (target None: all labels) and ``("features", init, dataset, size)``. Computed once per config (with its plan),
+    so a workflow with thousands of jobs looks each one up instead of planning it.
+    """
+    return _resource_table(_config_key(config))
+
+
+@functools.lru_cache(maxsize=4)
+def _resource_table(config_json: str) -> dict[tuple[Any, ...], dict[str, int]]:
+    config = json.loads(config_json)["config"]
+    plan = _build_plan(config_json, None)
+    table: dict[tuple[Any, ...], dict[str, int]] = {("train", key): _resources(config, job)
+                                                    for key, job in plan.runs.items()}
+    for job in plan.jobs:
+        if job.kind == "pretrain":
+            table["pretrain", job.init, job.target, job.size] = _resources(config, job)
+        elif job.kind == "features":
+            table["features", job.init, job.dataset, job.size] = _resources(config, job)
+    return table
+
+
 def planned_resources(config: dict[str, Any], key: RunKey) -> dict[str, int]:
     """SLURM resources of one training run: ``runtime`` (minutes: the maximum estimate x ``plan.safety_factor``,
     capped by ``plan.partition_limit_minutes``, at least ``plan.min_runtime_minutes``; a capped job resumes from its
     checkpoint on retry) and ``mem_mb`` (host memory x the safety factor)."""
-    job = build_plan(config).runs.get(key)
-    if job is None:
+    res = resource_table(config).get(("train", key))
+    if res is None:
         raise ValueError(f"run {key} is not in this config's grid")
-    return _resources(config, job)
+    return res
 
 
 def planned_pretrain_resources(config: dict[str, Any], *, init: str, target: str | None, size: int) -> dict[str, int]:
     """SLURM resources of one supervised pre-training job (as :func:`planned_resources`)."""
-    plan = build_plan(config)
-    for job in plan.jobs:
-        if job.kind == "pretrain" and (job.init, job.target, job.size) == (init, target, size):
-            return _resources(config, job)
-    raise ValueError(f"no pre-training job ({init!r}, target {target!r}, {size} px) in this config")
+    res = resource_table(config).get(("pretrain", init, target, size))
+    if res is None:
+        raise ValueError(f"no pre-training job ({init!r}, target {target!r}, {size} px) in this config")
+    return res
+
+
+def planned_features_resources(config: dict[str, Any], *, init: str, dataset: str, size: int) -> dict[str, int]:
+    """SLURM resources of one frozen-feature extraction job (as :func:`planned_resources`)."""
+    res = resource_table(config).get(("features", init, dataset, size))
+    if res is None:
+        raise ValueError(f"no features job ({init!r}, {dataset!r}, {size} px) in this config")
+    return res
 
 
 def plan_summary(config: dict[str, Any]) -> str:
-    """The one-screen plan the workflow prints at parse time (empty when ``plan.summary`` is false)."""
+    """The one-screen plan the workflow prints as it starts (empty when ``plan.summary`` is false)."""
     if not config.get("plan", {}).get("summary", True):
         return ""
     from cxrbench.plan.render import render_table
 
     return render_table(build_plan(config), jobs=False)
+
+
+def start_summary(config: dict[str, Any], dag: Any) -> str:
+    """What the workflow's ``onstart`` prints: :func:`plan_summary` when Snakemake's ``dag`` has a planned job
+    (a rule in :data:`PLANNED_RULES`) to run, else nothing.
+
+    With such a job pending the plan is built here even when the summary is off: ``onstart`` runs before the first
+    job, so every job's resources come from one plan of what was on disk then (a later job writing
+    ``labels.parquet`` does not change the image counts of its siblings' plan).
+    """
+    if not any(job.rule.name in PLANNED_RULES for job in dag.needrun_jobs()):
+        return ""
+    resource_table(config)
+    return plan_summary(config)
