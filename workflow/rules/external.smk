@@ -83,10 +83,11 @@ if EXTERNAL:
         log:
             LAYOUT.logs() / "external" / RUN_PATTERN / "on-{test}.log",
         threads: _TR["num_workers"] + 1
+        # Inference on one test split: light; the plan counts its device time (docs/cluster.md, "Compute plan").
         resources:
             gpu=_TR["gpus"],
             cpus_per_task=_TR["num_workers"] + 1,
-            mem_mb=_TR["mem_mb"],
+            mem_mb=4000,
             runtime=30,
         shell:
             "{CXRBENCH} external-predict --run-dir {params.run} --key {params.key} --labels {input.labels}"
