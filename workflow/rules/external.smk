@@ -50,8 +50,8 @@ def external_targets() -> list:
 
 
 def _external_arguments() -> list:
-    """Arguments of `cxrbench external` (written one per line to its argument file)."""
-    args = ["external", "--settings", json.dumps(aggregate_settings(), sort_keys=True)]
+    """Arguments of `cxrbench external` after the subcommand (written one per line to its argument file)."""
+    args = ["--settings", json.dumps(aggregate_settings(), sort_keys=True)]
     for ds in EVAL_DATASETS:
         args += ["--labels", f"{ds}={LAYOUT.labels(ds)}"]
     for key in RUNS:

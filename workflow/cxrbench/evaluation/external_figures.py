@@ -116,7 +116,8 @@ def auroc_matrix_figure(
     vmin, vmax = scale
     n = len(datasets)
     with plt.style.context(STYLE):
-        fig, axes = _subplots(len(panels), width=1.3 + 0.62 * n, height=1.1 + 0.5 * n)
+        # At least 4.5 in wide: the two-line title and the colour bar's label fit for a 2-3 dataset matrix too.
+        fig, axes = _subplots(len(panels), width=max(4.5, 1.3 + 0.62 * n), height=1.1 + 0.5 * n)
         im = None
         for ax, panel in zip(axes, panels or [None]):
             rows = _in_panel(macro, panel) if panel is not None else macro.iloc[:0]
@@ -147,7 +148,7 @@ def auroc_matrix_figure(
             if panel is not None and len(panels) > 1:
                 ax.set_title(_panel_title(panel, len(panels)))
         fig.colorbar(im, ax=axes, label="macro AUROC (%)", shrink=0.8)
-        title = f"{init}: macro AUROC (%) across datasets\nbootstrap mean"
+        title = f"{init}\nmacro AUROC (%) across datasets, bootstrap mean"
         if len(panels) == 1:
             title += f", {_panel_title(panels[0], 1)}"
         fig.suptitle(title)
@@ -184,7 +185,8 @@ def delta_matrix_figure(
     notes = Footnotes()
     n = len(datasets)
     with plt.style.context(STYLE):
-        fig, axes = _subplots(len(panels), width=1.3 + 0.62 * n, height=1.1 + 0.5 * n)
+        # At least 4.5 in wide: the two-line title and the colour bar's label fit for a 2-3 dataset matrix too.
+        fig, axes = _subplots(len(panels), width=max(4.5, 1.3 + 0.62 * n), height=1.1 + 0.5 * n)
         im = None
         for ax, panel in zip(axes, panels or [None]):
             rows = oriented(_in_panel(macro, panel), init_a, init_b) if panel is not None else macro.iloc[:0]
@@ -212,8 +214,8 @@ def delta_matrix_figure(
             _matrix_axes(ax, datasets)
             if panel is not None and len(panels) > 1:
                 ax.set_title(_panel_title(panel, len(panels)))
-        fig.colorbar(im, ax=axes, label="Δ macro AUROC (percentage points)", shrink=0.8)
-        title = f"{init_a} − {init_b}: Δ macro AUROC (percentage points)\nsame test images"
+        fig.colorbar(im, ax=axes, label="Δ macro AUROC (pp)", shrink=0.8)
+        title = f"{init_a} − {init_b}\nΔ macro AUROC (percentage points), same test images"
         if len(panels) == 1:
             title += f", {_panel_title(panels[0], 1)}"
         fig.suptitle(title)
@@ -238,7 +240,7 @@ def gap_figure(
     notes = Footnotes()
     width = 0.8 / max(1, len(inits))
     with plt.style.context(STYLE):
-        fig, axes = _subplots(len(panels), width=1.4 + 0.3 * len(datasets) * max(2, len(inits)), height=3.2,
+        fig, axes = _subplots(len(panels), width=max(5.0, 1.4 + 0.3 * len(datasets) * max(2, len(inits))), height=3.2,
                               sharey=True)
         for ax, panel in zip(axes, panels or [None]):
             rows = _in_panel(mean, panel) if panel is not None else mean.iloc[:0]
@@ -264,7 +266,7 @@ def gap_figure(
                 ax.set_title(_panel_title(panel, len(panels)))
         handles = [plt.Rectangle((0, 0), 1, 1, color=colours[i]) for i in inits]
         fig.legend(handles, list(inits), loc="outside right center", title="initialisation")
-        title = "Generalisation gap: in-domain minus mean external macro AUROC\n95% bootstrap CI"
+        title = "Generalisation gap\nin-domain minus mean external macro AUROC, 95% bootstrap CI"
         if len(panels) == 1:
             title += f", {_panel_title(panels[0], 1)}"
         fig.suptitle(title)
