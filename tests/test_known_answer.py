@@ -17,6 +17,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "slurm"))
 from cxrbench.demo.known_answer import CONTROL, LEARNABLE, check, render_markdown, summarise
+from cxrbench.paths import Layout
+from cxrbench.runkey import CellKey, RunKey
 from demo_run import completed_demo
 
 
@@ -53,16 +55,17 @@ def _results(root: Path, *, permute: bool = False, flip: bool = False, leak: boo
                 name = LABELS[(i + 1) % len(LABELS)] if permute and init == "mimic_sl" else lab
                 rows.append(pd.DataFrame({"split": "test", "image_id": [f"i{k}" for k in range(n)], "label": name,
                                           "target": y[name].astype(float), "score": score}))
-            out = root / "runs" / init / ds
+            out = Layout(root).run_dir(RunKey(init, ds, 32))
             out.mkdir(parents=True, exist_ok=True)
             pd.concat(rows).to_parquet(out / "predictions.parquet")
             # The chain starts ahead after one epoch, unless its head is permuted.
             first = 0.6 if init == "random" or permute else 0.8
             pd.DataFrame({"epoch": [1, 2], "val_auroc_macro": [first, 0.85]}).to_csv(out / "history.csv", index=False)
-        (root / "stats" / ds).mkdir(parents=True, exist_ok=True)
+        stats = Layout(root).stats_dir(CellKey(ds, 32))
+        stats.mkdir(parents=True, exist_ok=True)
         pd.DataFrame([{"init_a": "random", "init_b": "mimic_sl", "label": "macro", "level": "macro",
                        "p_a_gt_b": 1.0, "p_b_gt_a": 0.0 if not permute else 0.6, "n_paired": 200}]
-                     ).to_parquet(root / "stats" / ds / "tests.parquet")
+                     ).to_parquet(stats / "tests.parquet")
     return root
 
 

@@ -28,6 +28,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from cxrbench.paths import Layout
+from cxrbench.runkey import CellKey
+
 __all__ = ["CONTROL", "LEARNABLE", "check", "render_markdown", "summarise", "write_docs"]
 
 # Canonical labels (resources/canonical_findings.csv) whose demo drawing is a large change of the chest.
@@ -76,12 +79,20 @@ def summarise(results: Path, *, reference: str = "random", pretrained: str = "mi
     """
     results = Path(results)
     out: dict[str, Any] = {"reference": reference, "pretrained": pretrained, "datasets": {}}
-    for stats in sorted((results / "stats").glob("*/tests.parquet")):
-        ds = stats.parent.name
+    layout = Layout(results)
+    # One comparison cell per dataset: the shipped demo has no grid (with one, the first cell found is used).
+    for stats in sorted(layout.stats_root().glob("*/*/*/*/*/tests.parquet")):
+        cell = CellKey.from_relpath(stats.parent.relative_to(layout.stats_root()).as_posix())
+        ds = cell.dataset
+        if ds in out["datasets"]:
+            continue
         row: dict[str, Any] = {"learnable_macro": {}, "learnable_labels": {}, "control": {}}
         row["p_pretrained_gt_ref"] = None
-        for run in sorted((results / "runs").glob(f"*/{ds}/predictions.parquet")):
-            init = run.parent.parent.name
+        inits = sorted(p.name for p in layout.runs_root().iterdir()) if layout.runs_root().is_dir() else []
+        for init in inits:
+            run = layout.run_dir(cell.with_init(init)) / "predictions.parquet"
+            if not run.is_file():
+                continue
             pred = pd.read_parquet(run, columns=["split", "label", "target", "score"])
             test = pred[pred["split"] == "test"]
             per_label = {str(lab): _auroc(g) for lab, g in test.groupby("label", observed=True)}
