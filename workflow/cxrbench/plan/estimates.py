@@ -330,21 +330,35 @@ def _shape_cache(config: dict[str, Any]) -> Path:
     return Path(config["results"]) / ".cache" / "plan-model-shapes.json"
 
 
-def _shape(config: dict[str, Any], init: str, size: int) -> ModelShape:
+@functools.cache
+def _versions() -> str:
+    """The package versions a counted shape depends on (reading package metadata is slow: once per process)."""
     from importlib.metadata import version
 
+    return f"torch {version('torch')} timm {version('timm')}"
+
+
+# (cache file, shape key) -> shape: one plan asks for the same few (architecture, size) pairs thousands of times.
+_SHAPES: dict[tuple[str, str], ModelShape] = {}
+
+
+def _shape(config: dict[str, Any], init: str, size: int) -> ModelShape:
     from cxrbench.models.registry import init_spec
 
     arch = init_spec(config, init).architecture
-    key = f"{arch}@{size} torch {version('torch')} timm {version('timm')}"
+    key = f"{arch}@{size} {_versions()}"
     path = _shape_cache(config)
+    memo = (str(path), key)
+    if memo in _SHAPES:
+        return _SHAPES[memo]
     try:
         cached = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         cached = {}
     if key in cached:
-        return ModelShape(**cached[key])
-    shape = model_shape(arch, img_size=size)
+        shape = _SHAPES[memo] = ModelShape(**cached[key])
+        return shape
+    shape = _SHAPES[memo] = model_shape(arch, img_size=size)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
