@@ -29,6 +29,7 @@ from cxrbench.archive import (
 from cxrbench.archive_verify import verify_archive
 from cxrbench.cli import main
 from pydicom.data import get_testdata_file
+from tarfiles import extract_all
 
 DICOM = Path(get_testdata_file("RG1_UNCR.dcm", download=False))
 HEADER = pydicom.dcmread(DICOM, stop_before_pixels=True)
@@ -121,7 +122,7 @@ def _members(tar_path: Path) -> list[str]:
 
 def _unpack(tar_path: Path, dest: Path) -> Path:
     with tarfile.open(tar_path) as tar:
-        tar.extractall(dest, filter="data")
+        extract_all(tar, dest)
     return dest / tar_path.name.removesuffix(".tar.gz")
 
 

@@ -37,6 +37,7 @@ from cxrbench.imaging.decode import decode
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
+from tarfiles import extract_all
 
 RG1 = Path(get_testdata_file("RG1_UNCR.dcm", download=False))
 ACCESSION = "ACC7781234"  # also the image id of scans/IMG0001: a PACS export named images by accession
@@ -155,7 +156,7 @@ def _build(tmp: Path, config: dict, res: Path) -> Path:
     out = tmp / "out" / "pub.tar.gz"
     build_archive(config, results=res, out=out, report=False)
     with tarfile.open(out) as tar:
-        tar.extractall(tmp / "unpacked", filter="data")
+        extract_all(tar, tmp / "unpacked")
     return tmp / "unpacked" / "pub"
 
 
