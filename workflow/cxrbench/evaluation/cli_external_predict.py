@@ -16,6 +16,7 @@ from pathlib import Path
 from cxrbench.config import ConfigError
 from cxrbench.evaluation.external import parse_run_key, predict_external, write_external
 from cxrbench.evaluation.predictions import PredictionError
+from cxrbench.training.cli import add_device_arguments
 from cxrbench.training.data import DataError
 
 _logger = logging.getLogger(__name__)
@@ -31,9 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, type=Path, help="dataset B's png/<variant>/manifest.parquet")
     p.add_argument("--cache-dir", type=Path, help="dataset B's cache/<variant>/ folder; used when its files exist")
     p.add_argument("--out-dir", required=True, type=Path, help="writes predictions.parquet and external.json here")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    add_device_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

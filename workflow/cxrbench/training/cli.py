@@ -35,6 +35,7 @@ _logger = logging.getLogger(__name__)
 __all__ = [
     "Prepared",
     "add_arguments",
+    "add_device_arguments",
     "input_transform",
     "predictions_frame",
     "prepare",
@@ -60,11 +61,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--features-dir", type=Path, help="linear_probe: the folder `cxrbench features` wrote")
     parser.add_argument("--out", required=True, type=Path, help="run folder")
+    add_device_arguments(parser)
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="recompute activations in the backward pass (less memory, same numbers)")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """The runtime-only options every model job takes (train, features, external-predict): they change no result."""
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
-    parser.add_argument("--grad-checkpointing", action="store_true",
-                        help="recompute activations in the backward pass (less memory, same numbers)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from cxrbench.config import parse_settings
+from cxrbench.training.cli import add_device_arguments
 from cxrbench.training.data import DataError, SplitData
 
 _logger = logging.getLogger(__name__)
@@ -60,9 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="cache/<variant>/ folder; used when its files exist")
     parser.add_argument("--init-checkpoint", type=Path, help="pipeline initialisations: the pre-training best.pt")
     parser.add_argument("--out", required=True, type=Path, help="features folder")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    add_device_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
